@@ -1,0 +1,17 @@
+"""cnnops: convolution, pooling and batch norm for CNNs, from the book's loops to GPU kernels.
+
+One interface, four backends (`reference`, `torch`, `native`, `triton`); see API.md.
+"""
+from cnnops._backends import (BackendUnavailableError, available_backends, get_backend,
+                              use_backend)
+from cnnops.convert import convert
+from cnnops.functional import avg_pool2d, batch_norm, conv2d, max_pool2d
+from cnnops.shapes import conv2d_output_shape, pool2d_output_shape
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError", "available_backends", "get_backend", "use_backend",
+    "conv2d", "max_pool2d", "avg_pool2d", "batch_norm",
+    "conv2d_output_shape", "pool2d_output_shape", "convert", "__version__",
+]

@@ -1,0 +1,60 @@
+"""Builds cnnops and its native extension `cnnops._C` from `kernels/`.
+
+The C++ sources (`kernels/*.cpp`) are always built; the CUDA sources (`kernels/*.cu`) are
+added when torch has CUDA and nvcc is found. Environment switches:
+  CNNOPS_BUILD_CPP=0   build no extension at all (the `native` backend reports "not built")
+  CNNOPS_BUILD_CUDA=0  leave the CUDA sources out even where they could be built
+  TORCH_CUDA_ARCH_LIST defaults to "9.0" (H100) when CUDA is built.
+Install with `pip install --no-build-isolation -e .` (the build imports the installed torch).
+"""
+import glob
+import os
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "1").lower() not in ("0", "false", "no", "off")
+
+
+def native_extensions():
+    cpp = sorted(glob.glob("kernels/*.cpp"))
+    if not cpp or not _flag("CNNOPS_BUILD_CPP"):
+        return [], {}
+    from torch.utils import cpp_extension
+
+    cu = sorted(glob.glob("kernels/*.cu"))
+    with_cuda = (bool(cu) and _flag("CNNOPS_BUILD_CUDA") and cpp_extension.CUDA_HOME is not None
+                 and __import__("torch").version.cuda is not None)
+    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    common = dict(include_dirs=[os.path.join(ROOT, "kernels")], extra_link_args=["-fopenmp"])
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+        ext = cpp_extension.CUDAExtension(
+            "cnnops._C", cpp + cu, define_macros=[("CNNOPS_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+            **common)
+    else:
+        ext = cpp_extension.CppExtension("cnnops._C", cpp, extra_compile_args={"cxx": cxx},
+                                         **common)
+    return [ext], {"build_ext": cpp_extension.BuildExtension}
+
+
+ext_modules, cmdclass = native_extensions()
+
+setup(
+    name="cnnops",
+    version="0.1.0",
+    description="Convolution, pooling and batch-norm kernels for CNNs: book loops, C++/CUDA, Triton",
+    python_requires=">=3.10",
+    packages=["cnnops", "cnnops.backends", "cnnops.native", "cnnops.triton_kernels",
+              "cnnops.models"],
+    package_dir={"cnnops.models": "models"},
+    install_requires=["torch>=2.11", "numpy", "tqdm", "matplotlib"],
+    extras_require={"triton": ["triton>=3.6"],
+                    "test": ["pytest", "pytest-benchmark", "pytest-xdist"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
