@@ -61,8 +61,9 @@ def _window_output(size: int, kernel: int, stride: int, pad_total: int, dilation
                    ceil_mode: bool = False, pad_before: int = 0) -> int:
     """One spatial output size; PyTorch's pooling_output_shape when ceil_mode is on."""
     span = size + pad_total - dilation * (kernel - 1) - 1
-    if span < 0:
+    if span < 0 and not ceil_mode:
         return 0
+    # floor division (PyTorch's div_rtn): with ceil_mode a window may overhang the input
     out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
     # ceil_mode: the last window must start inside the input or its left padding
     if ceil_mode and (out - 1) * stride >= size + pad_before:

@@ -1,0 +1,25 @@
+import os
+
+import torch
+
+# The Triton backend runs CPU tensors only in Triton's interpreter, which reads this variable
+# when triton is first imported: set it before anything imports triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import cnnops  # noqa: E402
+
+
+def devices():
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def backends_under_test(device="cpu"):
+    """Every backend to compare with torch on `device`: whatever is available here."""
+    return [b for b in cnnops.available_backends(device) if b != "torch"]
+
+
+def backend_device_params():
+    return [pytest.param(b, d, id=f"{b}-{d}") for d in devices() for b in backends_under_test(d)]

@@ -1,0 +1,137 @@
+"""Every bad input raises ValueError, TypeError or RuntimeError naming the argument and value,
+on every backend (validation runs before dispatch)."""
+import pytest
+import torch
+
+import cnnops
+
+ALL = ["torch"] + [b for b in cnnops.available_backends("cpu") if b != "torch"]
+x = torch.randn(2, 3, 8, 8)
+w = torch.randn(4, 3, 3, 3)
+
+BAD_CONV = [
+    (dict(input=torch.randn(8, 8)), ValueError, "input"),
+    (dict(input=torch.randn(1, 2, 3, 8, 8)), ValueError, "input"),
+    (dict(input=torch.randint(0, 5, (2, 3, 8, 8))), TypeError, "input"),
+    (dict(weight=torch.randn(4, 3, 3)), ValueError, "weight"),
+    (dict(weight=torch.randn(4, 2, 3, 3)), ValueError, "channels"),
+    (dict(weight=torch.randn(4, 3, 3, 3, dtype=torch.float64)), TypeError, "weight"),
+    (dict(bias=torch.randn(5)), ValueError, "bias"),
+    (dict(stride=0), ValueError, "stride"),
+    (dict(stride=(1, -2)), ValueError, "stride"),
+    (dict(padding=-1), ValueError, "padding"),
+    (dict(padding="full"), ValueError, "padding"),
+    (dict(padding="same", stride=2), ValueError, "same"),
+    (dict(dilation=0), ValueError, "dilation"),
+    (dict(groups=0), ValueError, "groups"),
+    (dict(groups=2), ValueError, "groups"),
+    (dict(weight=torch.randn(4, 3, 9, 9)), ValueError, "kernel_size"),
+    (dict(stride=1.5), TypeError, "stride"),
+    (dict(activation="gelu"), ValueError, "activation"),
+    (dict(input=torch.randn(2, 3, 0, 8)), ValueError, "input"),
+    (dict(input=torch.randn(2, 3, 8, 8, device="meta")), RuntimeError, "device"),
+]
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("bad,error,word", BAD_CONV, ids=[f"conv-{i}" for i in range(len(BAD_CONV))])
+def test_conv2d_bad_input(backend, bad, error, word):
+    args = dict(input=x, weight=w, bias=None)
+    args.update(bad)
+    with pytest.raises(error, match=word):
+        cnnops.conv2d(**args, backend=backend)
+
+
+BAD_POOL = [
+    (dict(input=torch.randn(8, 8)), ValueError, "input"),
+    (dict(input=torch.randint(0, 5, (2, 3, 8, 8))), TypeError, "input"),
+    (dict(kernel_size=0), ValueError, "kernel_size"),
+    (dict(kernel_size=(2, 2, 2)), TypeError, "kernel_size"),
+    (dict(stride=0), ValueError, "stride"),
+    (dict(padding=-1), ValueError, "padding"),
+    (dict(kernel_size=3, padding=2), ValueError, "half of kernel_size"),
+    (dict(kernel_size=9), ValueError, "larger than the padded input"),
+    (dict(kernel_size="2"), TypeError, "kernel_size"),
+]
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
+@pytest.mark.parametrize("bad,error,word", BAD_POOL, ids=[f"pool-{i}" for i in range(len(BAD_POOL))])
+def test_pool_bad_input(backend, op, bad, error, word):
+    args = dict(input=x, kernel_size=2)
+    args.update(bad)
+    with pytest.raises(error, match=word):
+        getattr(cnnops, op)(**args, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_max_pool_bad_dilation_and_avg_bad_divisor(backend):
+    with pytest.raises(ValueError, match="dilation"):
+        cnnops.max_pool2d(x, 2, dilation=0, backend=backend)
+    with pytest.raises(ValueError, match="divisor_override"):
+        cnnops.avg_pool2d(x, 2, divisor_override=0, backend=backend)
+
+
+BAD_BN = [
+    (dict(input=torch.randn(4)), ValueError, "input"),
+    (dict(input=torch.randint(0, 3, (4, 3))), TypeError, "input"),
+    (dict(running_mean=torch.zeros(4)), ValueError, "running_mean"),
+    (dict(weight=torch.ones(2)), ValueError, "weight"),
+    (dict(bias=torch.ones(3, 1)), ValueError, "bias"),
+    (dict(running_mean=None, running_var=None, training=False), ValueError, "training=False"),
+    (dict(running_var=None), ValueError, "together"),
+    (dict(input=torch.randn(1, 3), training=True), ValueError, "more than 1 value"),
+    (dict(eps=-1.0), ValueError, "eps"),
+    (dict(running_mean=torch.zeros(3, device="meta")), RuntimeError, "running_mean"),
+]
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("bad,error,word", BAD_BN, ids=[f"bn-{i}" for i in range(len(BAD_BN))])
+def test_batch_norm_bad_input(backend, bad, error, word):
+    args = dict(input=torch.randn(4, 3), running_mean=torch.zeros(3), running_var=torch.ones(3),
+                training=False)
+    args.update(bad)
+    with pytest.raises(error, match=word):
+        cnnops.batch_norm(**args, backend=backend)
+
+
+def test_unknown_backend_names():
+    with pytest.raises(ValueError, match="xyz"):
+        cnnops.conv2d(x, w, backend="xyz")
+    with pytest.raises(ValueError, match="xyz"):
+        with cnnops.use_backend("xyz"):
+            pass
+
+
+def test_use_backend_sets_and_restores_the_default(monkeypatch):
+    seen = []
+    torch_backend = cnnops.get_backend("torch")
+    original = type(torch_backend).conv2d
+
+    def spy(self, *args):
+        seen.append("torch")
+        return original(self, *args)
+
+    monkeypatch.setattr(type(torch_backend), "conv2d", spy)
+    with cnnops.use_backend("torch"):
+        cnnops.conv2d(x, w)
+    assert seen == ["torch"]
+    with cnnops.use_backend("auto"):
+        cnnops.conv2d(x, w)  # auto on CPU: native if built, else torch
+
+
+def test_backend_without_the_dtype_raises_type_error_naming_takers():
+    native = cnnops.get_backend("native")
+    if native.unavailable_reason(torch.device("cpu")) is not None:
+        with pytest.raises(cnnops.BackendUnavailableError, match="native"):
+            cnnops.conv2d(x, w, backend="native")
+        return
+    with pytest.raises(TypeError, match="float16.*torch"):
+        cnnops.conv2d(x.half(), w.half(), backend="native")
+    assert cnnops.conv2d(x.half(), w.half()).dtype == torch.float16  # auto picks a taker
+
+
+def test_backend_unavailable_error_is_a_runtime_error():
+    assert issubclass(cnnops.BackendUnavailableError, RuntimeError)
