@@ -42,6 +42,10 @@ class Backend:
     def supports_dtype(self, device: torch.device, dtype: torch.dtype) -> bool:
         return dtype in self.dtypes.get(device.type, ())
 
+    def implements(self, op: str) -> bool:
+        """Whether this backend has its own `op` (the base class's methods only raise)."""
+        return getattr(type(self), op) is not getattr(Backend, op)
+
     # ops: each returns what the matching torch.nn.functional call returns
     def conv2d(self, input, weight, bias, stride, padding, dilation, groups, activation):
         raise BackendUnavailableError(f"backend {self.name!r} has no conv2d")
@@ -126,20 +130,26 @@ def _dtype_error(device, dtype, name):
                      f"backends that take it here: {takers}")
 
 
-def resolve(name, device: torch.device, dtype: torch.dtype) -> Backend:
-    """The backend that runs a call with tensors of `dtype` on `device`."""
+def resolve(name, device: torch.device, dtype: torch.dtype, op: str) -> Backend:
+    """The backend that runs `op` with tensors of `dtype` on `device`."""
     name = check_backend_name(name)
     registry = _load()
     if name == "auto":
         for candidate in AUTO_ORDER.get(device.type, ("torch",)):
             b = registry[candidate]
-            if b.unavailable_reason(device) is None and b.supports_dtype(device, dtype):
+            if (b.unavailable_reason(device) is None and b.implements(op)
+                    and b.supports_dtype(device, dtype)):
                 return b
         return registry["torch"]
     backend = registry[name]
     reason = backend.unavailable_reason(device)
     if reason is not None:
         raise BackendUnavailableError(f"backend {name!r} cannot run on {device}: {reason}")
+    if not backend.implements(op):
+        others = [n for n, b in registry.items() if b.implements(op)
+                  and b.unavailable_reason(device) is None]
+        raise BackendUnavailableError(f"backend {name!r} has no {op}; backends with {op} "
+                                      f"here: {others}")
     if not backend.supports_dtype(device, dtype):
         raise _dtype_error(device, dtype, name)
     return backend

@@ -31,7 +31,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     """`torch.nn.functional.conv2d`, plus `activation=None | "relu"` fused after the bias."""
     call = _validate.conv2d_args(input, weight, bias, stride, padding, dilation, groups,
                                  activation)
-    impl = resolve(backend, input.device, input.dtype)
+    impl = resolve(backend, input.device, input.dtype, "conv2d")
     out = impl.conv2d(call.input, call.weight, call.bias, call.stride, call.padding,
                       call.dilation, call.groups, call.activation)
     return _finish(out, _conv_memory_format(input, weight), call.unbatched)
@@ -41,7 +41,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
                return_indices=False, *, backend=None):
     """`torch.nn.functional.max_pool2d`; indices are flat h * W + w per plane, int64."""
     call = _validate.pool2d_args(input, kernel_size, stride, padding, dilation, ceil_mode)
-    impl = resolve(backend, input.device, input.dtype)
+    impl = resolve(backend, input.device, input.dtype, "max_pool2d")
     out, indices = impl.max_pool2d(call.input, call.kernel_size, call.stride, call.padding,
                                    call.dilation, call.ceil_mode)
     fmt = _memory_format(input)
@@ -54,7 +54,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     """`torch.nn.functional.avg_pool2d`."""
     call = _validate.pool2d_args(input, kernel_size, stride, padding, 1, ceil_mode)
     divisor_override = _validate.divisor_override_arg(divisor_override)
-    impl = resolve(backend, input.device, input.dtype)
+    impl = resolve(backend, input.device, input.dtype, "avg_pool2d")
     out = impl.avg_pool2d(call.input, call.kernel_size, call.stride, call.padding,
                           call.ceil_mode, bool(count_include_pad), divisor_override)
     return _finish(out, _memory_format(input), call.unbatched)
@@ -65,7 +65,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """`torch.nn.functional.batch_norm` on (N, C), (N, C, L) or (N, C, H, W) input."""
     momentum, eps = _validate.batch_norm_args(input, running_mean, running_var, weight, bias,
                                               training, momentum, eps)
-    impl = resolve(backend, input.device, input.dtype)
+    impl = resolve(backend, input.device, input.dtype, "batch_norm")
     out = impl.batch_norm(input, running_mean, running_var, weight, bias, bool(training),
                           momentum, eps)
     return out.contiguous(memory_format=_memory_format(input))

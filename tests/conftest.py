@@ -16,10 +16,8 @@ def devices():
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def backends_under_test(device="cpu"):
-    """Every backend to compare with torch on `device`: whatever is available here."""
-    return [b for b in cnnops.available_backends(device) if b != "torch"]
+def backends_under_test(device="cpu", op=None):
+    """Every backend to compare with torch on `device` (that has `op`): whatever is here."""
+    return [b for b in cnnops.available_backends(device) if b != "torch"
+            and (op is None or cnnops.get_backend(b).implements(op))]
 
-
-def backend_device_params():
-    return [pytest.param(b, d, id=f"{b}-{d}") for d in devices() for b in backends_under_test(d)]

@@ -13,7 +13,7 @@ def params(op: str, edges: list[Case], seed: int) -> list:
     """pytest params (backend, device, case): the edge cases, then seeded random ones."""
     out = []
     for device in devices():
-        for backend in backends_under_test(device):
+        for backend in backends_under_test(device, op):
             fuzz = fuzz_cases(op, FUZZ_COUNT.get(backend, 20), seed)
             for i, case in enumerate(edges + fuzz):
                 name = case.name or f"fuzz{i - len(edges)}"
