@@ -10,6 +10,16 @@ from cnnops.shapes import conv2d_output_shape, pool2d_output_shape
 
 __version__ = "0.1.0"
 
+_SUBMODULES = ("nn", "reference", "models", "check")
+
+
+def __getattr__(name):
+    # `cnnops.models.lenet()` etc. without importing the models at `import cnnops`
+    if name in _SUBMODULES:
+        import importlib
+        return importlib.import_module(f"cnnops.{name}")
+    raise AttributeError(f"module 'cnnops' has no attribute {name!r}")
+
 __all__ = [
     "BackendUnavailableError", "available_backends", "get_backend", "use_backend",
     "conv2d", "max_pool2d", "avg_pool2d", "batch_norm",
