@@ -121,7 +121,29 @@ def pool2d_geometry(input_hw, kernel_size, stride, padding, dilation, ceil_mode)
         raise ValueError(f"kernel_size={kernel_size} with dilation={dilation} is larger than the "
                          f"padded input {(h + 2 * padding[0], w + 2 * padding[1])} "
                          f"(input {(h, w)}, padding={padding}): output size would be {out}")
+    for axis, n in enumerate((h, w)):
+        row = _empty_window(n, kernel_size[axis], stride[axis], padding[axis], dilation[axis],
+                            out[axis])
+        if row is not None:
+            # PyTorch returns -inf and an index outside the plane there, and its backward
+            # writes out of bounds: refuse instead.
+            raise ValueError(f"pooling window {row} along {'HW'[axis]} covers no input element "
+                             f"(input {(h, w)}, kernel_size={kernel_size}, stride={stride}, "
+                             f"padding={padding}, dilation={dilation})")
     return kernel_size, stride, padding, dilation, out
+
+
+def _empty_window(n, kernel, stride, pad, dilation, out):
+    """The first output position whose dilated window holds only padding, or None.
+
+    Only dilated windows can skip the input: an undilated one always overlaps it."""
+    if dilation == 1:
+        return None
+    for t in range(out):
+        start = t * stride - pad
+        if not any(0 <= start + j * dilation < n for j in range(kernel)):
+            return t
+    return None
 
 
 class Conv2dCall(NamedTuple):

@@ -21,8 +21,6 @@ groups and PyTorch's exact semantics. Python loops over output positions are the
 and slow, for tiny inputs. Only the window product / sum inside the loop is vectorised (over
 the batch and the channels), and autograd through the loops is the backward.
 """
-from __future__ import annotations
-
 import torch
 from torch import nn
 
@@ -227,15 +225,31 @@ def max_pool2d(X, kernel_size, stride, padding=(0, 0), dilation=(1, 1), ceil_mod
     Y = X.new_zeros((n, c, out_h, out_w))
     indices = torch.zeros((n, c, out_h, out_w), dtype=torch.int64, device=X.device)
     for i in range(out_h):
-        rows = [r for r in range(i * s_h - p_h, i * s_h - p_h + d_h * k_h, d_h) if 0 <= r < h]
+        rows = _window_range(i * s_h - p_h, k_h, d_h, h)
         for j in range(out_w):
-            cols = [q for q in range(j * s_w - p_w, j * s_w - p_w + d_w * k_w, d_w) if 0 <= q < w]
+            cols = _window_range(j * s_w - p_w, k_w, d_w, w)
             window = X[:, :, rows][:, :, :, cols].reshape(n, c, -1)
+            if window.shape[-1] == 0:
+                # a dilated window can miss a thin image: the max of nothing is -inf, and
+                # PyTorch's index is the window's first position past the padding (outside
+                # the image). The empty sum keeps Y in the autograd graph, gradient zero.
+                Y[:, :, i, j] = window.sum(dim=-1) - float("inf")
+                indices[:, :, i, j] = rows.start * w + cols.start
+                continue
             best = _window_argmax(window)
             Y[:, :, i, j] = window.gather(2, best[..., None])[..., 0]
             flat = torch.tensor([r * w + q for r in rows for q in cols], device=X.device)
             indices[:, :, i, j] = flat[best]
     return Y, indices
+
+
+def _window_range(start, kernel, dilation, size):
+    """The image positions of a dilated window starting at `start` (negative: in the padding),
+    as PyTorch walks them: from the first position past the padding to the image's end."""
+    end = min(start + dilation * (kernel - 1) + 1, size)
+    while start < 0:
+        start += dilation
+    return range(start, end, dilation)
 
 
 def _window_argmax(window):
@@ -301,9 +315,10 @@ def batch_norm_general(X, running_mean, running_var, weight, bias, training, mom
         if running_mean is not None:
             count = X.numel() // c
             with torch.no_grad():
-                unbiased = var.reshape(c) * count / (count - 1)
-                running_mean.mul_(1 - momentum).add_(momentum * mean.reshape(c).to(running_mean.dtype))
-                running_var.mul_(1 - momentum).add_(momentum * unbiased.to(running_var.dtype))
+                batch_mean = mean.reshape(c).to(running_mean.dtype)
+                unbiased_var = (var.reshape(c) * count / (count - 1)).to(running_var.dtype)
+                running_mean.mul_(1 - momentum).add_(momentum * batch_mean)
+                running_var.mul_(1 - momentum).add_(momentum * unbiased_var)
     else:
         mean = running_mean.to(X.dtype).reshape(shape)
         var = running_var.to(X.dtype).reshape(shape)

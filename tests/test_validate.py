@@ -135,3 +135,11 @@ def test_backend_without_the_dtype_raises_type_error_naming_takers():
 
 def test_backend_unavailable_error_is_a_runtime_error():
     assert issubclass(cnnops.BackendUnavailableError, RuntimeError)
+
+
+def test_max_pool_window_that_covers_only_padding_is_refused():
+    # PyTorch gives -inf and an out-of-plane index here, and its backward writes out of bounds
+    with pytest.raises(ValueError, match="covers no input element"):
+        cnnops.max_pool2d(torch.randn(2, 1, 7, 1), (2, 2), padding=(1, 1), dilation=(1, 2))
+    with pytest.raises(ValueError, match="covers no input element"):
+        cnnops.pool2d_output_shape((7, 1), (2, 2), padding=(1, 1), dilation=(1, 2))
