@@ -1,0 +1,85 @@
+"""What the kernel modules share: the interpreter switch, kernel launches, dtype helpers.
+
+Importing this module imports Triton. `@triton.jit` decides when it decorates a kernel
+(that is, when a kernel module is imported) whether the kernel is compiled for the GPU or
+run by the interpreter; Triton 3.6-3.9 read TRITON_INTERPRET through
+`triton.knobs.runtime.interpret` at that moment. So the choice is fixed by the environment at
+the first Triton call of the process (the backend imports the kernel modules lazily).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+try:  # Triton >= 3.4 keeps its environment switches in `knobs`
+    INTERPRETED = bool(triton.knobs.runtime.interpret)
+except AttributeError:  # pragma: no cover - older Triton reads the variable directly
+    INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _is_traced(arg) -> bool:
+    """A fake, functional or symbolic argument: the op runs for shapes only (fake impl)."""
+    if isinstance(arg, torch.SymInt | torch.SymFloat):
+        return True
+    if isinstance(arg, torch.Tensor):
+        from torch._subclasses.fake_tensor import is_fake
+        from torch._subclasses.functional_tensor import FunctionalTensor
+        return is_fake(arg) or isinstance(arg, FunctionalTensor)
+    return False
+
+
+def launch(kernel, grid, *args, **meta) -> None:
+    """kernel[grid](*args, **meta), traceable by torch.compile / make_fx.
+
+    Compiled kernels go through `torch.library.wrap_triton` (a no-op in eager mode, a graph
+    node under tracing). Interpreted kernels cannot be traced, so under fake or functional
+    tracing (the fake impl of a `triton_op`, opcheck) nothing is launched: only the output
+    shapes, already allocated by the caller, matter there.
+    """
+    if INTERPRETED:
+        if any(_is_traced(a) for a in args):
+            return
+        kernel[grid](*args, **meta)
+    else:
+        wrap_triton(kernel)[grid](*args, **meta)
+
+
+def kernel_op(name: str, *, mutates_args):
+    """Registers `fn` as the custom op `name` (namespace cnnops_triton).
+
+    On the GPU: `torch.library.triton_op`, so torch.compile sees the kernels inside (their
+    launches go through `launch` -> wrap_triton) and the function itself is the fake impl.
+    Under the interpreter the kernels cannot be traced: an opaque `torch.library.custom_op`
+    with the same function as fake impl (`launch` skips the kernels on fake tensors).
+    """
+    def register(fn):
+        if not INTERPRETED:
+            return torch.library.triton_op(name, fn, mutates_args=mutates_args)
+        op = torch.library.custom_op(name, fn, mutates_args=mutates_args)
+        op.register_fake(fn)
+        return op
+    return register
+
+
+def accumulator_type(dtype: torch.dtype):
+    """fp32 accumulation for every dtype except float64."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """`input_precision` of tl.dot for float32 operands: TF32 as cuDNN would use it."""
+    if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not INTERPRETED:
+        return "tf32"
+    return "ieee"
+
+
+def configs(full: list[triton.Config], interpreted: triton.Config) -> list[triton.Config]:
+    """The autotune list: `full` on the GPU, one small config in the interpreter (tests)."""
+    return [interpreted] if INTERPRETED else full
+
+
+cdiv = triton.cdiv

@@ -1,0 +1,61 @@
+"""The `triton` backend's registration: name, dtypes, reasons, lazy and failure-free import."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import cnnops
+from cnnops import triton_kernels
+from cnnops._backends import get_backend
+
+
+def run_python(code: str, **env) -> str:
+    environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    environment.update(env)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=environment, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+def test_backend_is_registered_with_its_dtypes():
+    backend = get_backend("triton")
+    assert isinstance(backend, triton_kernels.TritonBackend) and backend.name == "triton"
+    assert backend.dtypes["cuda"] == (torch.float32, torch.float64, torch.float16,
+                                      torch.bfloat16)
+
+
+def test_cpu_needs_the_interpreter(monkeypatch):
+    backend = get_backend("triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if triton_kernels._triton_missing() is None:
+        assert backend.unavailable_reason(torch.device("cpu")) == triton_kernels.CPU_HINT
+    assert backend.dtypes["cpu"] == ()
+    assert "triton" not in cnnops.available_backends("cpu")
+    with pytest.raises(cnnops.BackendUnavailableError, match="TRITON_INTERPRET=1"):
+        cnnops.conv2d(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 2, 2), backend="triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert backend.dtypes["cpu"] == (torch.float32, torch.float64)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_gpu_is_unavailable():
+    reason = get_backend("triton").unavailable_reason(torch.device("cuda"))
+    assert reason is not None and ("CUDA" in reason or "triton" in reason.lower())
+
+
+def test_import_loads_no_triton_and_runs_nothing():
+    out = run_python("import sys, cnnops, cnnops.triton_kernels; "
+                     "print('triton' in sys.modules, "
+                     "any(m.startswith('cnnops.triton_kernels.') for m in sys.modules))")
+    assert out == "False False"
+
+
+def test_import_without_triton_registers_a_reason():
+    out = run_python("import sys; sys.modules['triton'] = None\n"
+                     "import cnnops, torch\n"
+                     "print(cnnops.get_backend('triton').unavailable_reason(torch.device('cuda')))",
+                     TRITON_INTERPRET="1")
+    assert "pip install triton>=3.6" in out

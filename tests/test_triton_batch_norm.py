@@ -1,0 +1,146 @@
+"""Triton batch_norm, training and eval, forward, backward and running statistics, vs torch.
+
+On a machine without CUDA these run through Triton's interpreter on tiny CPU tensors.
+"""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU:  # must precede the first import of the kernel modules
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+import cnnops  # noqa: E402
+from cnnops._backends import get_backend  # noqa: E402
+
+DEVICE = "cuda" if ON_GPU else "cpu"
+_reason = get_backend("triton").unavailable_reason(torch.device(DEVICE))
+if _reason is not None:
+    pytest.skip(_reason, allow_module_level=True)
+
+from cnnops.triton_kernels import batch_norm as tbn  # noqa: E402
+
+TOL = {torch.float32: (1e-5, 1e-4), torch.float64: (1e-12, 1e-10),
+       torch.float16: (1e-2, 1e-2), torch.bfloat16: (5e-2, 5e-2)}
+
+SHAPES = {"2d": (5, 3), "3d": (2, 4, 7), "4d": (2, 3, 5, 6), "4d_prime": (3, 5, 7, 1)}
+
+
+def assert_close(actual, expected, dtype, what):
+    atol, rtol = TOL[dtype]
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    bad = ~torch.isclose(actual, expected, atol=atol, rtol=rtol, equal_nan=True)
+    if bad.any():
+        idx = bad.nonzero()[:5].tolist()
+        rows = [f"{tuple(i)}: got {actual[tuple(i)].item():.8g}, want {expected[tuple(i)].item():.8g}"
+                for i in idx]
+        pytest.fail(f"{what}: {int(bad.sum())} of {bad.numel()} mismatch; first: " + "; ".join(rows))
+
+
+def randn(shape, seed, dtype=torch.float64):
+    t = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return t.to(DEVICE, dtype)
+
+
+def check(x, training, affine=True, running=True, momentum=0.1, eps=1e-5):
+    dtype, c = x.dtype, x.shape[1]
+    weight = randn(c, 1, dtype) if affine else None
+    bias = randn(c, 2, dtype) if affine else None
+    rm = randn(c, 3, dtype) if running else None
+    rv = (randn(c, 4, dtype).abs() + 0.5) if running else None
+    ref_stats = [t.double().clone() if t is not None else None for t in (rm, rv)]
+    leaves = [t.detach().requires_grad_() if t is not None else None for t in (x, weight, bias)]
+    refs = [t.detach().double().requires_grad_() if t is not None else None
+            for t in (x, weight, bias)]
+    out = cnnops.batch_norm(leaves[0], rm, rv, *leaves[1:], training, momentum, eps,
+                            backend="triton")
+    ref = F.batch_norm(refs[0], *ref_stats, *refs[1:], training, momentum, eps)
+    assert out.dtype == dtype and out.shape == x.shape
+    assert_close(out, ref, dtype, "output")
+    if running:
+        assert_close(rm, ref_stats[0], dtype, "running_mean")
+        assert_close(rv, ref_stats[1], dtype, "running_var")
+    grad = randn(x.shape, 5)
+    out.backward(grad.to(dtype))
+    ref.backward(grad.cpu())
+    for name, t, r in zip(("grad input", "grad weight", "grad bias"), leaves, refs):
+        if t is not None:
+            assert_close(t.grad, r.grad, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_batch_norm_matches_torch(shape, training, dtype):
+    check(randn(SHAPES[shape], 0, dtype) * 3 + 1, training)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_batch_norm_channels_last_and_views(training):
+    x = randn((2, 3, 5, 6), 0) * 2 - 1
+    check(x.contiguous(memory_format=torch.channels_last), training)
+    check(x.transpose(2, 3), training)  # a non-contiguous view
+
+
+@pytest.mark.parametrize("affine,running", [(False, True), (True, False), (False, False)])
+def test_batch_norm_optional_arguments(affine, running):
+    check(randn((2, 4, 7), 0), True, affine=affine, running=running, momentum=0.3, eps=1e-3)
+
+
+def test_batch_norm_eval_without_affine():
+    check(randn((4, 3), 0), False, affine=False)
+
+
+def test_batch_norm_one_pass_statistics_are_stable():
+    # mean 1e4, std 1: E[x^2] - E[x]^2 in float32 would lose the variance entirely
+    x = (randn((4, 3, 9, 9), 0) + 1e4).float()
+    mean, invstd = tbn.batch_norm_stats(x, None, None, 0.1, 1e-5)
+    x64 = x.double().transpose(0, 1).reshape(3, -1)
+    want_invstd = 1 / torch.sqrt(x64.var(1, unbiased=False) + 1e-5)
+    torch.testing.assert_close(mean.double(), x64.mean(1), atol=0, rtol=1e-6)
+    torch.testing.assert_close(invstd.double(), want_invstd, atol=0, rtol=1e-4)
+
+
+def test_batch_norm_running_update_happens_once():
+    x = randn((3, 2, 4), 0)
+    rm, rv = torch.zeros(2, dtype=x.dtype, device=x.device), torch.ones(2, dtype=x.dtype,
+                                                                        device=x.device)
+    cnnops.batch_norm(x, rm, rv, training=True, momentum=0.5, backend="triton")
+    flat = x.transpose(0, 1).reshape(2, -1)
+    assert_close(rm, 0.5 * flat.mean(1), x.dtype, "running_mean")
+    assert_close(rv, 0.5 + 0.5 * flat.var(1, unbiased=True), x.dtype, "running_var")
+
+
+def test_batch_norm_gradcheck():
+    x, w, b = (randn(s, i).requires_grad_() for i, s in enumerate([(3, 2, 4), (2,), (2,)]))
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: cnnops.batch_norm(x, None, None, w, b, True, backend="triton"),
+        (x, w, b), fast_mode=True)
+    rm, rv = randn(2, 3), randn(2, 4).abs() + 0.5
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: cnnops.batch_norm(x, rm, rv, w, b, False, backend="triton"),
+        (x, w, b), fast_mode=True)
+
+
+def test_batch_norm_opcheck():
+    x, w, b = (randn(s, i).requires_grad_() for i, s in enumerate([(2, 3, 4), (3,), (3,)]))
+    rm, rv = randn(3, 3), randn(3, 4).abs() + 0.5
+    torch.library.opcheck(tbn.batch_norm_stats, (x.detach(), rm, rv, 0.1, 1e-5))
+    mean, invstd = tbn.batch_norm_stats(x.detach(), None, None, 0.1, 1e-5)
+    torch.library.opcheck(tbn.batch_norm, (x, w, b, mean, invstd, True, 1e-5))
+    torch.library.opcheck(tbn.batch_norm, (x, w, None, rm, rv, False, 1e-5))
+    grad = randn((2, 3, 4), 5)
+    torch.library.opcheck(tbn.batch_norm_backward,
+                          (grad, x.detach(), w.detach(), mean, invstd, True, 1e-5, True, True))
+
+
+@pytest.mark.skipif(not ON_GPU, reason="float16/bfloat16 run on the GPU only")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_batch_norm_half_precision_gpu(dtype):
+    for shape in SHAPES.values():
+        check(randn(shape, 0, dtype), True)
+        check(randn(shape, 0, dtype), False)

@@ -1,0 +1,178 @@
+"""Triton max_pool2d / avg_pool2d, forward and backward, against torch.
+
+On a machine without CUDA these run through Triton's interpreter on tiny CPU tensors.
+"""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU:  # must precede the first import of the kernel modules
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+import cnnops  # noqa: E402
+from cnnops._backends import get_backend  # noqa: E402
+
+DEVICE = "cuda" if ON_GPU else "cpu"
+_reason = get_backend("triton").unavailable_reason(torch.device(DEVICE))
+if _reason is not None:
+    pytest.skip(_reason, allow_module_level=True)
+
+from cnnops.triton_kernels import pool2d as tpool  # noqa: E402
+
+TOL = {torch.float32: (1e-6, 1e-5), torch.float64: (1e-13, 1e-12),
+       torch.float16: (1e-3, 1e-3), torch.bfloat16: (1e-2, 1e-2)}
+
+# (N, C, H, W, kernel, stride, padding, dilation, ceil_mode)
+CASES = {
+    "3x3_s2_pad1_ceil": (2, 3, 7, 9, (3, 3), 2, 1, 1, True),
+    "rect_dilated": (1, 2, 8, 7, (2, 3), (3, 1), 1, (2, 1), False),
+    "stride_gt_kernel_ceil": (2, 2, 5, 5, (2, 2), 3, (0, 1), 1, True),
+    "ceil_drops_last_window": (1, 1, 6, 6, (3, 3), 2, 1, 1, True),
+    "global": (2, 5, 4, 3, (4, 3), None, 0, 1, False),
+    "prime": (1, 3, 7, 5, (3, 2), (2, 3), 1, 1, False),
+}
+
+
+def assert_close(actual, expected, dtype, what):
+    atol, rtol = TOL[dtype]
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    bad = ~torch.isclose(actual, expected, atol=atol, rtol=rtol, equal_nan=True)
+    if bad.any():
+        idx = bad.nonzero()[:5].tolist()
+        rows = [f"{tuple(i)}: got {actual[tuple(i)].item():.8g}, want {expected[tuple(i)].item():.8g}"
+                for i in idx]
+        pytest.fail(f"{what}: {int(bad.sum())} of {bad.numel()} mismatch; first: " + "; ".join(rows))
+
+
+def make_input(shape, dtype, layout="contiguous", seed=0):
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    x = x.to(DEVICE, dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided_view":
+        # same values: every other element of a wider tensor, with H and W strides swapped
+        t = x.transpose(2, 3)
+        x = torch.stack([t, t], dim=-1)[..., 0].transpose(2, 3)
+    return x
+
+
+def random_grad(shape, dtype):
+    g = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    return g.to(DEVICE, dtype)
+
+
+def check_max(x, kernel, stride, padding, dilation, ceil_mode):
+    leaf = x.detach().requires_grad_()
+    ref_leaf = x.detach().double().requires_grad_()
+    out, idx = cnnops.max_pool2d(leaf, kernel, stride, padding, dilation, ceil_mode,
+                                 return_indices=True, backend="triton")
+    ref, ref_idx = F.max_pool2d(ref_leaf, kernel, stride, padding, dilation, ceil_mode,
+                                return_indices=True)
+    assert_close(out, ref, x.dtype, "max output")
+    assert idx.dtype == torch.int64
+    mismatch = (idx.cpu() != ref_idx.cpu()).nonzero()[:5].tolist()
+    assert not mismatch, f"indices differ at {mismatch}"
+    assert out.is_contiguous(memory_format=torch.channels_last) == \
+        ref.is_contiguous(memory_format=torch.channels_last)
+    grad = random_grad(ref.shape, x.dtype)
+    out.backward(grad)
+    ref.backward(grad.double())
+    assert_close(leaf.grad, ref_leaf.grad, x.dtype, "max grad input")
+
+
+def check_avg(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    leaf = x.detach().requires_grad_()
+    ref_leaf = x.detach().double().requires_grad_()
+    out = cnnops.avg_pool2d(leaf, kernel, stride, padding, ceil_mode, count_include_pad,
+                            divisor_override, backend="triton")
+    ref = F.avg_pool2d(ref_leaf, kernel, stride, padding, ceil_mode, count_include_pad,
+                       divisor_override)
+    assert_close(out, ref, x.dtype, "avg output")
+    grad = random_grad(ref.shape, x.dtype)
+    out.backward(grad)
+    ref.backward(grad.double())
+    assert_close(leaf.grad, ref_leaf.grad, x.dtype, "avg grad input")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", CASES)
+def test_max_pool2d_matches_torch(name, dtype):
+    n, c, h, w, *geometry = CASES[name]
+    check_max(make_input((n, c, h, w), dtype), *geometry)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided_view"])
+def test_max_pool2d_layouts(layout):
+    n, c, h, w, *geometry = CASES["3x3_s2_pad1_ceil"]
+    check_max(make_input((n, c, h, w), torch.float64, layout), *geometry)
+
+
+def test_max_pool2d_unbatched():
+    check_max(make_input((3, 7, 6), torch.float64), (3, 2), 2, 1, 1, True)
+
+
+def test_max_pool2d_nan_and_inf_windows():
+    x = make_input((1, 2, 6, 7), torch.float32)
+    x[0, 0, 1, 1] = float("nan")  # a NaN wins its windows
+    x[0, 0, 1, 2] = float("nan")  # two NaNs in one window: PyTorch keeps the last
+    x[0, 1, :3, :3] = float("-inf")  # an all -inf window keeps its first in-image element
+    check_max(x, 3, 2, 1, 1, False)
+    check_max(x, 2, 1, 0, 2, True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", [n for n in CASES if CASES[n][7] == 1])
+@pytest.mark.parametrize("count_include_pad,divisor_override",
+                         [(True, None), (False, None), (True, 5), (False, 2)])
+def test_avg_pool2d_matches_torch(name, dtype, count_include_pad, divisor_override):
+    n, c, h, w, kernel, stride, padding, _, ceil_mode = CASES[name]
+    check_avg(make_input((n, c, h, w), dtype), kernel, stride, padding, ceil_mode,
+              count_include_pad, divisor_override)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided_view"])
+def test_avg_pool2d_layouts(layout):
+    check_avg(make_input((2, 3, 7, 9), torch.float64, layout), 3, 2, 1, True, False, None)
+
+
+def test_avg_pool2d_unbatched_and_nan():
+    x = make_input((3, 7, 6), torch.float64)
+    x[1, 2, 3] = float("nan")
+    check_avg(x, (3, 2), 2, 1, True, True, None)
+
+
+def test_pool2d_gradcheck():
+    x = make_input((1, 2, 5, 6), torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda t: cnnops.max_pool2d(t, (3, 2), (2, 1), 1, (1, 2), True, backend="triton"),
+        (x,), fast_mode=True)
+    assert torch.autograd.gradcheck(
+        lambda t: cnnops.avg_pool2d(t, 3, 2, 1, True, False, None, backend="triton"),
+        (x,), fast_mode=True)
+
+
+def test_pool2d_opcheck():
+    x = make_input((1, 2, 5, 6), torch.float64).requires_grad_()
+    torch.library.opcheck(tpool.max_pool2d, (x, [3, 2], [2, 1], [1, 1], [1, 2], True))
+    torch.library.opcheck(tpool.avg_pool2d, (x, [3, 3], [2, 2], [1, 1], True, False, 4))
+    out, idx = tpool.max_pool2d(x.detach(), [2, 2], [2, 2], [1, 1], [1, 1], False)
+    grad = random_grad(out.shape, x.dtype)
+    torch.library.opcheck(tpool.max_pool2d_backward, (grad, idx, [5, 6], [2, 2], [2, 2],
+                                                      [1, 1], [1, 1]))
+    torch.library.opcheck(tpool.avg_pool2d_backward, (grad, [5, 6], [2, 2], [2, 2], [1, 1],
+                                                      False, None))
+
+
+@pytest.mark.skipif(not ON_GPU, reason="float16/bfloat16 run on the GPU only")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_pool2d_half_precision_gpu(dtype):
+    for name, (n, c, h, w, *geometry) in CASES.items():
+        x = make_input((n, c, h, w), dtype)
+        check_max(x, *geometry)
+        if geometry[3] == 1:
+            check_avg(x, geometry[0], geometry[1], geometry[2], geometry[4], False, None)
