@@ -28,13 +28,13 @@ def native_extensions():
     cu = sorted(glob.glob("kernels/*.cu"))
     with_cuda = (bool(cu) and _flag("CNNOPS_BUILD_CUDA") and cpp_extension.CUDA_HOME is not None
                  and __import__("torch").version.cuda is not None)
-    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    cxx = ["-O3", "-fopenmp"]
     common = dict(include_dirs=[os.path.join(ROOT, "kernels")], extra_link_args=["-fopenmp"])
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
         ext = cpp_extension.CUDAExtension(
             "cnnops._C", cpp + cu, define_macros=[("CNNOPS_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math"]},
             **common)
     else:
         ext = cpp_extension.CppExtension("cnnops._C", cpp, extra_compile_args={"cxx": cxx},

@@ -1,0 +1,169 @@
+"""The native avg_pool2d (kernels/avg_pool2d_*.{cpp,cu}) against torch.nn.functional.avg_pool2d.
+
+Every combination of ceil_mode, count_include_pad and divisor_override over windows that
+clip differently at the edges, in float64 and float32 on the CPU, layouts and views,
+gradcheck, opcheck of the raw ops, and CUDA tests for every dtype (skipped without a GPU).
+"""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnnops
+from differential import first_mismatches
+
+NATIVE = cnnops.get_backend("native")
+REASON = NATIVE.unavailable_reason(torch.device("cpu"))
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"native backend: {REASON}")
+CUDA_REASON = (NATIVE.unavailable_reason(torch.device("cuda")) if torch.cuda.is_available()
+               else "no CUDA device")
+needs_cuda = pytest.mark.skipif(CUDA_REASON is not None, reason=f"CUDA: {CUDA_REASON}")
+
+# name: (input shape, kernel_size, stride, padding); chosen so that ceil_mode adds a last
+# window that runs past the padding (the divisor clipping of ATen) in at least one axis
+GEOMETRIES = {
+    "k2": ((2, 3, 8, 8), 2, None, 0),
+    "k3_s2_p1": ((2, 2, 10, 9), 3, 2, 1),
+    "k3_s2_p1_odd": ((1, 3, 7, 6), 3, 2, 1),
+    "rect": ((2, 2, 9, 11), (3, 2), (2, 3), (1, 1)),
+    "stride_gt_kernel": ((1, 2, 13, 11), 2, 3, 1),
+    "k5_s3_p2": ((2, 1, 12, 8), 5, 3, 2),
+    "whole_plane": ((2, 2, 5, 4), (5, 4), None, 0),
+}
+OPTIONS = list(itertools.product([False, True], [True, False], [None, 3, -2]))  # ceil, cip, div
+
+
+def _input(shape, dtype=torch.float64, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_()
+
+
+def _assert_close(got, want, atol, rtol, what):
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert torch.allclose(got, want, atol=atol, rtol=rtol, equal_nan=True), (
+        f"{what} differs from torch: {first_mismatches(got, want, atol, rtol)}")
+
+
+def _compare(x, kwargs, atol, rtol, x_ref=None):
+    """cnnops (native) on x against torch on x_ref (x unless given), output and gradient."""
+    x_ref = x if x_ref is None else x_ref
+    got = cnnops.avg_pool2d(x, **kwargs, backend="native")
+    want = F.avg_pool2d(x_ref, **kwargs)
+    _assert_close(got.to(want.dtype), want, atol, rtol, "output")
+    if x.dim() == 4 and x_ref is x:
+        assert got.stride() == want.stride(), f"output strides {got.stride()} != {want.stride()}"
+    grad = torch.randn_like(want)
+    got_grad = torch.autograd.grad(got, x, grad.to(got.dtype))[0]
+    want_grad = torch.autograd.grad(want, x_ref, grad)[0]
+    _assert_close(got_grad.to(want.dtype), want_grad, atol, rtol, "grad_input")
+
+
+def _kwargs(geometry, options):
+    _, kernel_size, stride, padding = GEOMETRIES[geometry]
+    ceil_mode, count_include_pad, divisor_override = options
+    return dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                count_include_pad=count_include_pad, divisor_override=divisor_override)
+
+
+def _option_id(options):
+    ceil_mode, count_include_pad, divisor = options
+    return f"ceil{int(ceil_mode)}-cip{int(count_include_pad)}-div{divisor}"
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=_option_id)
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_matches_torch_float64(geometry, options):
+    _compare(_input(GEOMETRIES[geometry][0]), _kwargs(geometry, options), 1e-12, 1e-12)
+
+
+@pytest.mark.parametrize("options", OPTIONS[::3], ids=_option_id)
+@pytest.mark.parametrize("geometry", ["k3_s2_p1", "rect", "k5_s3_p2"])
+def test_matches_torch_float32(geometry, options):
+    x = _input(GEOMETRIES[geometry][0], torch.float32)
+    _compare(x, _kwargs(geometry, options), 1e-6, 1e-5)
+
+
+def test_unbatched_input():
+    _compare(_input((3, 9, 8)), _kwargs("k3_s2_p1", (True, False, None)), 1e-12, 1e-12)
+
+
+def test_channels_last():
+    x = _input((2, 5, 9, 8)).detach().contiguous(memory_format=torch.channels_last)
+    _compare(x.requires_grad_(), _kwargs("k3_s2_p1", (True, True, None)), 1e-12, 1e-12)
+
+
+def test_non_contiguous_view():
+    g = torch.Generator().manual_seed(2)
+    base = torch.randn(2, 6, 12, 14, dtype=torch.float64, generator=g)
+    _compare(base[:, 1::2, ::2, 3:].requires_grad_(), _kwargs("rect", (True, False, None)),
+             1e-12, 1e-12)
+
+
+def test_nan_and_inf_propagate():
+    x = _input((1, 2, 8, 8)).detach()
+    x[0, 0, 2, 3] = float("nan")
+    x[0, 1, 5, 5] = float("inf")
+    _compare(x.requires_grad_(), _kwargs("k3_s2_p1", (True, False, None)), 1e-12, 1e-12)
+
+
+def test_empty_batch():
+    x = _input((0, 2, 6, 6))
+    out = cnnops.avg_pool2d(x, 2, backend="native")
+    assert out.shape == (0, 2, 3, 3)
+    assert torch.autograd.grad(out.sum(), x)[0].shape == x.shape
+
+
+@pytest.mark.parametrize("options", [(True, False, None), (False, True, 5), (True, True, None)],
+                         ids=_option_id)
+def test_gradcheck(options):
+    kwargs = _kwargs("k3_s2_p1_odd", options)
+    x = _input(GEOMETRIES["k3_s2_p1_odd"][0], seed=4)
+    assert torch.autograd.gradcheck(lambda t: cnnops.avg_pool2d(t, **kwargs, backend="native"),
+                                    (x,))
+
+
+def test_gradgradcheck():
+    kwargs = _kwargs("k3_s2_p1_odd", (True, False, 2))
+    x = _input(GEOMETRIES["k3_s2_p1_odd"][0], seed=6)
+    assert torch.autograd.gradgradcheck(
+        lambda t: cnnops.avg_pool2d(t, **kwargs, backend="native"), (x,))
+
+
+@pytest.mark.parametrize("divisor_override", [None, 4])
+def test_opcheck(divisor_override):
+    x = _input((2, 3, 9, 8))
+    args = ([3, 2], [2, 1], [1, 1], True, False, divisor_override)
+    torch.library.opcheck(torch.ops.cnnops.avg_pool2d.default, (x, *args))
+    torch.library.opcheck(torch.ops.cnnops.avg_pool2d.default, (x.detach(), *args))
+    out = torch.ops.cnnops.avg_pool2d(x.detach(), *args)
+    torch.library.opcheck(torch.ops.cnnops.avg_pool2d_backward.default,
+                          (torch.randn_like(out), x.detach(), *args))
+    torch.library.opcheck(torch.ops.cnnops.avg_pool2d_backward.default,
+                          (torch.randn_like(out).requires_grad_(), x.detach(), *args))
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype,atol,rtol", [(torch.float32, 1e-5, 1e-5),
+                                             (torch.float64, 1e-12, 1e-12),
+                                             (torch.float16, 2e-3, 2e-3),
+                                             (torch.bfloat16, 2e-2, 2e-2)])
+@pytest.mark.parametrize("options", OPTIONS, ids=_option_id)
+@pytest.mark.parametrize("geometry", ["k3_s2_p1", "rect", "stride_gt_kernel", "k5_s3_p2"])
+def test_cuda_matches_torch(geometry, options, dtype, atol, rtol):
+    x = _input(GEOMETRIES[geometry][0], dtype, "cuda")
+    # reference in float64 on the same (rounded) values: measures our rounding only
+    x_ref = x.detach().double().requires_grad_()
+    _compare(x, _kwargs(geometry, options), atol, rtol, x_ref=x_ref)
+
+
+@needs_cuda
+def test_cuda_channels_last_and_opcheck():
+    x = _input((2, 5, 9, 8), device="cuda").detach()
+    _compare(x.contiguous(memory_format=torch.channels_last).requires_grad_(),
+             _kwargs("k3_s2_p1", (True, False, None)), 1e-12, 1e-12)
+    args = ([3, 2], [2, 1], [1, 1], True, False, None)
+    torch.library.opcheck(torch.ops.cnnops.avg_pool2d.default, (x, *args))
+    out = torch.ops.cnnops.avg_pool2d(x, *args)
+    torch.library.opcheck(torch.ops.cnnops.avg_pool2d_backward.default,
+                          (torch.randn_like(out), x, *args))

@@ -1,0 +1,178 @@
+"""The native max_pool2d (kernels/max_pool2d_*.{cpp,cu}) against torch.nn.functional.max_pool2d.
+
+Output, indices (exactly) and gradient over the options and edges in float64 and float32 on
+the CPU, NaN and -inf windows, ties, gradcheck, opcheck of the raw ops, and CUDA tests for
+every dtype (skipped without a GPU).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnnops
+from differential import first_mismatches
+
+NATIVE = cnnops.get_backend("native")
+REASON = NATIVE.unavailable_reason(torch.device("cpu"))
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"native backend: {REASON}")
+CUDA_REASON = (NATIVE.unavailable_reason(torch.device("cuda")) if torch.cuda.is_available()
+               else "no CUDA device")
+needs_cuda = pytest.mark.skipif(CUDA_REASON is not None, reason=f"CUDA: {CUDA_REASON}")
+
+# name: (input shape, kwargs of max_pool2d)
+CASES = {
+    "k2": ((2, 3, 8, 8), dict(kernel_size=2)),
+    "k3_s2_p1": ((2, 3, 11, 9), dict(kernel_size=3, stride=2, padding=1)),
+    "ceil": ((1, 2, 10, 7), dict(kernel_size=3, stride=2, ceil_mode=True)),
+    "ceil_pad": ((2, 2, 6, 9), dict(kernel_size=(3, 2), stride=(2, 3), padding=(1, 1),
+                                    ceil_mode=True)),
+    "dilation": ((2, 3, 13, 12), dict(kernel_size=3, stride=1, padding=1, dilation=(2, 3))),
+    "dilation_ceil": ((1, 2, 9, 10), dict(kernel_size=2, stride=2, padding=1, dilation=2,
+                                          ceil_mode=True)),
+    "stride_gt_kernel": ((2, 2, 13, 11), dict(kernel_size=2, stride=3)),
+    "rect": ((3, 1, 7, 13), dict(kernel_size=(1, 5), stride=(1, 2), padding=(0, 2))),
+    "whole_plane": ((2, 3, 5, 4), dict(kernel_size=(5, 4))),
+    "c1_batch1": ((1, 1, 5, 5), dict(kernel_size=3, stride=1, padding=1)),
+}
+
+
+def _input(shape, dtype=torch.float64, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_()
+
+
+def _assert_close(got, want, atol, rtol, what):
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert torch.allclose(got, want, atol=atol, rtol=rtol, equal_nan=True), (
+        f"{what} differs from torch: {first_mismatches(got, want, atol, rtol)}")
+
+
+def _assert_indices_equal(got, want):
+    bad = (got != want).nonzero()[:5].tolist()
+    assert not bad, "indices differ from torch at " + "; ".join(
+        f"{tuple(i)}: got {got[tuple(i)].item()}, want {want[tuple(i)].item()}" for i in bad)
+
+
+def _compare(x, kwargs, atol=0.0, rtol=0.0):
+    got, got_idx = cnnops.max_pool2d(x, **kwargs, return_indices=True, backend="native")
+    want, want_idx = F.max_pool2d(x, **kwargs, return_indices=True)
+    _assert_close(got, want, atol, rtol, "output")
+    _assert_indices_equal(got_idx, want_idx)
+    assert got.stride() == want.stride(), f"output strides {got.stride()} != {want.stride()}"
+    grad = torch.randn_like(want)
+    _assert_close(torch.autograd.grad(got, x, grad)[0], torch.autograd.grad(want, x, grad)[0],
+                  atol, rtol, "grad_input")
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_matches_torch(name, dtype):
+    shape, kwargs = CASES[name]
+    _compare(_input(shape, dtype), kwargs, *((0, 0) if dtype == torch.float64 else (1e-6, 1e-6)))
+
+
+def test_unbatched_input():
+    _compare(_input((3, 9, 8)), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True))
+
+
+def test_channels_last():
+    x = _input((2, 5, 9, 8)).detach().contiguous(memory_format=torch.channels_last)
+    _compare(x.requires_grad_(), dict(kernel_size=3, stride=2, padding=1))
+
+
+def test_non_contiguous_view():
+    g = torch.Generator().manual_seed(2)
+    base = torch.randn(2, 6, 12, 14, dtype=torch.float64, generator=g)
+    _compare(base[:, 1::2, ::2, 3:].requires_grad_(), dict(kernel_size=2, stride=1, dilation=2))
+
+
+def test_ties_pick_torchs_index():
+    # few distinct values: most windows hold ties, and overlapping windows share maxima
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 3, (2, 3, 9, 10), generator=g).double().requires_grad_()
+    _compare(x, dict(kernel_size=3, stride=1, padding=1))
+    _compare(x, dict(kernel_size=2, stride=2, ceil_mode=True))
+
+
+def test_nan_wins_and_keeps_its_index():
+    x = _input((1, 2, 8, 8)).detach()
+    x[0, 0, 1, 1] = float("nan")
+    x[0, 0, 1, 2] = float("nan")       # two NaNs in one window: torch keeps the last scanned
+    x[0, 1, 5, 6] = float("nan")
+    x[0, 1, 0, 0] = float("inf")
+    _compare(x.requires_grad_(), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True))
+
+
+def test_all_minus_inf_window():
+    x = torch.full((1, 1, 6, 6), float("-inf"), dtype=torch.float64)
+    x[0, 0, 4, 4] = 1.0
+    _compare(x.requires_grad_(), dict(kernel_size=2, stride=2, padding=1))
+
+
+def test_window_only_in_padding_is_refused():
+    # W = 1, padding 1, dilation 2: the first window's taps are w = -1 and w = 1, both padding
+    x = _input((1, 1, 3, 1)).detach()
+    with pytest.raises(RuntimeError, match="covers no input element"):
+        torch.ops.cnnops.max_pool2d(x, [1, 2], [1, 1], [0, 1], [1, 2], False)
+
+
+def test_empty_batch():
+    x = _input((0, 2, 6, 6))
+    out, idx = cnnops.max_pool2d(x, 2, return_indices=True, backend="native")
+    assert out.shape == idx.shape == (0, 2, 3, 3) and idx.dtype == torch.int64
+    assert torch.autograd.grad(out.sum(), x)[0].shape == x.shape
+
+
+@pytest.mark.parametrize("name", ["k3_s2_p1", "dilation_ceil", "ceil_pad"])
+def test_gradcheck(name):
+    shape, kwargs = CASES[name]
+    x = _input(shape, seed=4)
+    assert torch.autograd.gradcheck(
+        lambda t: cnnops.max_pool2d(t, **kwargs, backend="native"), (x,))
+
+
+def test_gradgradcheck():
+    x = _input((2, 3, 7, 6), seed=6)
+    assert torch.autograd.gradgradcheck(
+        lambda t: cnnops.max_pool2d(t, 3, 2, 1, ceil_mode=True, backend="native"), (x,))
+
+
+def test_opcheck():
+    x = _input((2, 3, 9, 8))
+    args = ([3, 2], [2, 1], [1, 1], [1, 2], True)
+    torch.library.opcheck(torch.ops.cnnops.max_pool2d.default, (x, *args))
+    torch.library.opcheck(torch.ops.cnnops.max_pool2d.default, (x.detach(), *args))
+    out, idx = torch.ops.cnnops.max_pool2d(x.detach(), *args)
+    torch.library.opcheck(torch.ops.cnnops.max_pool2d_backward.default,
+                          (torch.randn_like(out), x.detach(), idx, *args))
+    torch.library.opcheck(torch.ops.cnnops.max_pool2d_backward.default,
+                          (torch.randn_like(out).requires_grad_(), x.detach(), idx, *args))
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", list(CASES))
+def test_cuda_matches_torch(name, dtype):
+    shape, kwargs = CASES[name]
+    # max is exact in every dtype: compare with torch's CUDA kernel on the same input; the
+    # gradient sums overlapping windows, in float for half types as torch does
+    tolerance = (0, 0) if dtype == torch.float64 else (1e-6, 1e-6) if dtype == torch.float32 \
+        else (1e-2, 1e-2)
+    _compare(_input(shape, dtype, "cuda"), kwargs, *tolerance)
+
+
+@needs_cuda
+def test_cuda_nan_and_channels_last():
+    x = _input((2, 3, 8, 8), device="cuda").detach()
+    x[0, 0, 1, 1] = x[0, 0, 1, 2] = x[1, 2, 7, 7] = float("nan")
+    _compare(x.contiguous(memory_format=torch.channels_last).requires_grad_(),
+             dict(kernel_size=3, stride=2, padding=1, ceil_mode=True))
+
+
+@needs_cuda
+def test_cuda_opcheck():
+    x = _input((2, 3, 9, 8), device="cuda").detach()
+    args = ([3, 2], [2, 1], [1, 1], [1, 2], True)
+    torch.library.opcheck(torch.ops.cnnops.max_pool2d.default, (x, *args))
+    out, idx = torch.ops.cnnops.max_pool2d(x, *args)
+    torch.library.opcheck(torch.ops.cnnops.max_pool2d_backward.default,
+                          (torch.randn_like(out), x, idx, *args))
