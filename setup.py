@@ -34,7 +34,7 @@ def native_extensions():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
         ext = cpp_extension.CUDAExtension(
             "cnnops._C", cpp + cu, define_macros=[("CNNOPS_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
             **common)
     else:
         ext = cpp_extension.CppExtension("cnnops._C", cpp, extra_compile_args={"cxx": cxx},

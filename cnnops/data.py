@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 DATASETS = ("digits", "fashion-mnist")
 
@@ -42,13 +42,9 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 class ImageData:
     """A train/test split of single-channel images in [0, 1] with int64 labels."""
     name: str
-    train: TensorDataset
-    test: TensorDataset
+    train: Dataset
+    test: Dataset
     classes: tuple[str, ...]
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return tuple(self.train.tensors[0].shape[-2:])
 
 
 def read_idx(path: str) -> np.ndarray:
