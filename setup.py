@@ -52,7 +52,7 @@ setup(
     packages=["cnnops", "cnnops.backends", "cnnops.native", "cnnops.triton_kernels",
               "cnnops.models"],
     package_dir={"cnnops.models": "models"},
-    install_requires=["torch>=2.11", "numpy", "tqdm", "matplotlib"],
+    install_requires=["torch>=2.11", "numpy", "tqdm", "matplotlib", "scikit-learn"],
     extras_require={"triton": ["triton>=3.6"],
                     "test": ["pytest", "pytest-benchmark", "pytest-xdist"]},
     ext_modules=ext_modules,
