@@ -142,21 +142,28 @@ def compare(case: Case, backend: str, device="cpu") -> Result:
     if case.dtype == "float32" and torch.device(device).type == "cuda":
         tol = CUDA_FLOAT32_TOLERANCE
     tensors = _make_inputs(case, device)
-    want, want_leaves = _call(case, tensors, "torch")
+    # The baseline is torch on the same values in float64: the truth every dtype is held to.
+    # (It also sidesteps a crash of torch 2.13's CPU conv2d in float32 with channels-last
+    # input, weight and bias, e.g. input (3, 2, 5, 1), weight (1, 2, 4, 1), stride (1, 3),
+    # padding 2, dilation (1, 2).)
+    want, want_leaves = _call(case, {k: v.double() for k, v in tensors.items()}, "torch")
     try:
         got, got_leaves = _call(case, tensors, backend)
     except Exception as e:  # reported as a failure with its message, not raised
         return Result(float("inf"), float("inf"), tol, f"{type(e).__name__}: {e}")
+    if got[0].dtype != tensors["input"].dtype:
+        return Result(float("inf"), float("inf"), tol,
+                      f"output dtype {got[0].dtype}, input dtype {tensors['input'].dtype}")
     fwd = max(_rel_err(a, b) for a, b in zip(got, want))
     seed_grad = torch.Generator().manual_seed(case.seed + 1)
     grad_out = torch.randn(want[0].shape, generator=seed_grad, dtype=torch.float64)
-    grad_out = grad_out.to(device=want[0].device, dtype=want[0].dtype)
+    grad_out = grad_out.to(device=want[0].device)
     names = [k for k, v in want_leaves.items() if v.requires_grad]
     want_grads = torch.autograd.grad(want[0], [want_leaves[k] for k in names], grad_out,
                                      allow_unused=True)
     try:
-        got_grads = torch.autograd.grad(got[0], [got_leaves[k] for k in names], grad_out,
-                                        allow_unused=True)
+        got_grads = torch.autograd.grad(got[0], [got_leaves[k] for k in names],
+                                        grad_out.to(got[0].dtype), allow_unused=True)
     except Exception as e:
         return Result(fwd, float("inf"), tol, f"backward: {type(e).__name__}: {e}")
     bwd = max(_rel_err(a, b) for a, b in zip(got_grads, want_grads))

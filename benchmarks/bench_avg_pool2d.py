@@ -1,0 +1,6 @@
+"""avg_pool2d over the model layers: one benchmark group per layer, one entry per backend."""
+OP = "avg_pool2d"
+
+
+def test_avg_pool2d(bench_case, benchmark):
+    bench_case.run(benchmark)

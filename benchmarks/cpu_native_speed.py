@@ -1,0 +1,111 @@
+"""CPU speed of the native kernels against PyTorch's CPU kernels on the classic models' layers.
+
+Prints a table: layer, torch ms, native ms, ratio (torch / native: > 1 means native is faster),
+medians of torch.utils.benchmark Timer.blocked_autorange, torch and native timed side by side.
+    python benchmarks/cpu_native_speed.py [--threads 2] [--only pool|conv|bwd] [--min-run 0.3]
+"""
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch.utils.benchmark import Timer
+
+import cnnops  # noqa: F401  (registers torch.ops.cnnops)
+import cnnops.native  # noqa: F401
+
+ops = torch.ops.cnnops
+
+# (name, input shape, kernel, stride, padding): the classic models' pooling layers
+POOLS = [
+    ("lenet avg 2x2/2  6x28x28 b256", "avg", (256, 6, 28, 28), 2, 2, 0),
+    ("lenet avg 2x2/2 16x10x10 b256", "avg", (256, 16, 10, 10), 2, 2, 0),
+    ("resnet max 3x3/2p1 64x48x48 b32", "max", (32, 64, 48, 48), 3, 2, 1),
+    ("densenet avg 2x2/2 128x24x24 b32", "avg", (32, 128, 24, 24), 2, 2, 0),
+]
+# (name, input shape, C_out, kernel, stride, padding)
+CONVS = [
+    ("lenet conv1 1->6 5x5p2 28 b256", (256, 1, 28, 28), 6, 5, 1, 2),
+    ("lenet conv2 6->16 5x5 14 b256", (256, 6, 14, 14), 16, 5, 1, 0),
+    ("resnet conv1 1->64 7x7/2p3 96 b32", (32, 1, 96, 96), 64, 7, 2, 3),
+    ("resnet conv1 3->64 7x7/2p3 96 b32", (32, 3, 96, 96), 64, 7, 2, 3),
+    ("resnet 64->64 3x3p1 24 b32", (32, 64, 24, 24), 64, 3, 1, 1),
+    ("resnet 64->128 3x3/2p1 24 b32", (32, 64, 24, 24), 128, 3, 2, 1),
+    ("densenet 192->128 1x1 24 b32", (32, 192, 24, 24), 128, 1, 1, 0),
+]
+
+
+def median_ms(stmt, env, min_run):
+    return Timer(stmt, globals=env, num_threads=torch.get_num_threads()).blocked_autorange(
+        min_run_time=min_run).median * 1e3
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=("pool", "conv", "bwd", "copy"), default=None)
+    parser.add_argument("--min-run", type=float, default=0.3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rows = []
+
+    def add(name, torch_stmt, native_stmt, env):
+        rows.append((name, median_ms(torch_stmt, env, args.min_run),
+                     median_ms(native_stmt, env, args.min_run)))
+
+    if args.only in (None, "copy", "pool"):
+        x = torch.randn(32, 64, 48, 48)
+        add("copy 32x64x48x48 (GB/s as ms)", "x.clone()", "x.clone()", {"x": x})
+        nbytes = x.numel() * 4 * 2
+        print(f"copy bandwidth: {nbytes / (rows[-1][1] * 1e-3) / 1e9:.1f} GB/s read+write")
+    if args.only in (None, "pool"):
+        for name, kind, shape, k, s, p in POOLS:
+            x = torch.randn(shape)
+            env = {"x": x, "F": F, "ops": ops, "k": [k, k], "s": [s, s], "p": [p, p]}
+            add("copy input " + name.split()[-1] + " " + "x".join(map(str, shape[1:])),
+                "x.clone()", "x.clone()", env)
+            if kind == "max":
+                add(name + " fwd", "F.max_pool2d(x, k, s, p)",
+                    "ops.max_pool2d(x, k, s, p, [1, 1], False)", env)
+                if hasattr(ops, "max_pool2d_values"):
+                    add(name + " fwd no-idx", "F.max_pool2d(x, k, s, p)",
+                        "ops.max_pool2d_values(x, k, s, p, [1, 1], False)", env)
+                out, idx = F.max_pool2d(x, k, s, p, return_indices=True)
+                env.update(g=torch.randn_like(out), idx=idx)
+                add(name + " bwd", "torch.ops.aten.max_pool2d_with_indices_backward(g, x, k, s, p,"
+                    " [1, 1], False, idx)",
+                    "ops.max_pool2d_backward(g, x, idx, k, s, p, [1, 1], False)",
+                    dict(env, torch=torch))
+            else:
+                add(name + " fwd", "F.avg_pool2d(x, k, s, p)",
+                    "ops.avg_pool2d(x, k, s, p, False, True, None)", env)
+                env["g"] = torch.randn_like(F.avg_pool2d(x, k, s, p))
+                add(name + " bwd", "torch.ops.aten.avg_pool2d_backward(g, x, k, s, p, False, True,"
+                    " None)", "ops.avg_pool2d_backward(g, x, k, s, p, False, True, None)",
+                    dict(env, torch=torch))
+    if args.only in (None, "conv", "bwd"):
+        for name, shape, cout, k, s, p in CONVS:
+            x = torch.randn(shape)
+            w = torch.randn(cout, shape[1], k, k) * 0.1
+            b = torch.randn(cout)
+            env = {"x": x, "w": w, "b": b, "F": F, "ops": ops, "torch": torch,
+                   "s": [s, s], "p": [p, p]}
+            if args.only != "bwd":
+                add(name + " fwd", "F.conv2d(x, w, b, s, p)",
+                    "ops.conv2d(x, w, b, s, p, [1, 1], 1, False, 0)", env)
+            if args.only != "conv":
+                env["g"] = torch.randn_like(F.conv2d(x, w, b, s, p))
+                tb = ("torch.ops.aten.convolution_backward(g, x, w, [{}], s, p, [1, 1], False, "
+                      "[0, 0], 1, [{}, {}, False])")
+                if shape[1] > 1:
+                    add(name + " bwd input", tb.format(cout, "True", "False"),
+                        "ops.conv2d_backward_input(g, x, w, s, p, [1, 1], 1)", env)
+                add(name + " bwd weight", tb.format(cout, "False", "True"),
+                    "ops.conv2d_backward_weight(g, x, w, s, p, [1, 1], 1)", env)
+    print(f"{'layer':48s} {'torch ms':>9s} {'native ms':>9s} {'ratio':>6s}")
+    for name, t, n in rows:
+        print(f"{name:48s} {t:9.3f} {n:9.3f} {t / n:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
