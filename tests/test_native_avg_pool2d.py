@@ -13,12 +13,9 @@ import torch.nn.functional as F
 import cnnops
 from differential import first_mismatches
 
-NATIVE = cnnops.get_backend("native")
-REASON = NATIVE.unavailable_reason(torch.device("cpu"))
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"native backend: {REASON}")
-CUDA_REASON = (NATIVE.unavailable_reason(torch.device("cuda")) if torch.cuda.is_available()
-               else "no CUDA device")
-needs_cuda = pytest.mark.skipif(CUDA_REASON is not None, reason=f"CUDA: {CUDA_REASON}")
+from backend_support import native_only, needs_cuda
+
+pytestmark = native_only
 
 # name: (input shape, kernel_size, stride, padding); chosen so that ceil_mode adds a last
 # window that runs past the padding (the divisor clipping of ATen) in at least one axis

@@ -14,14 +14,11 @@ import torch.nn.functional as F
 import cnnops
 from differential import first_mismatches
 
-NATIVE = cnnops.get_backend("native")
-REASON = NATIVE.unavailable_reason(torch.device("cpu"))
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"native backend: {REASON}")
-if REASON is None:
+from backend_support import NATIVE, NATIVE_REASON, native_only, needs_cuda
+
+pytestmark = native_only
+if NATIVE_REASON is None:
     from cnnops.native.batch_norm import batch_norm
-CUDA_REASON = (NATIVE.unavailable_reason(torch.device("cuda")) if torch.cuda.is_available()
-               else "no CUDA device")
-needs_cuda = pytest.mark.skipif(CUDA_REASON is not None, reason=f"CUDA: {CUDA_REASON}")
 
 # (dtype, atol, rtol) against F.batch_norm in the same dtype
 TOLERANCES = [(torch.float64, 1e-10, 1e-10), (torch.float32, 2e-5, 2e-5)]

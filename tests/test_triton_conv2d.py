@@ -2,24 +2,15 @@
 
 On a machine without CUDA these run through Triton's interpreter on tiny CPU tensors.
 """
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU:  # must precede the first import of the kernel modules
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-pytest.importorskip("triton")
+import cnnops
+from backend_support import ON_GPU, TRITON_DEVICE as DEVICE, skip_module_without_triton
 
-import cnnops  # noqa: E402
-from cnnops._backends import get_backend  # noqa: E402
-
-DEVICE = "cuda" if ON_GPU else "cpu"
-_reason = get_backend("triton").unavailable_reason(torch.device(DEVICE))
-if _reason is not None:
-    pytest.skip(_reason, allow_module_level=True)
+skip_module_without_triton()
 
 from cnnops.triton_kernels import conv2d as tconv  # noqa: E402
 
