@@ -25,3 +25,9 @@ __all__ = [
     "conv2d", "max_pool2d", "avg_pool2d", "batch_norm",
     "conv2d_output_shape", "pool2d_output_shape", "convert", "__version__",
 ]
+
+# Register the backends now, not lazily inside the first call: torch.compile traces calls
+# and must find the registry already filled.
+from cnnops._backends import _load as _load_backends  # noqa: E402
+
+_load_backends()

@@ -7,7 +7,6 @@ normalised arguments. A backend module registers one ``Backend`` instance at imp
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from typing import Iterator
 
 import torch
@@ -76,7 +75,9 @@ class UnavailableBackend(Backend):
 
 
 _registry: dict[str, Backend] = {}
-_default: contextvars.ContextVar[str] = contextvars.ContextVar("cnnops_backend", default="auto")
+# The default backend for calls with backend=None: process-wide, like torch.backends flags
+# (a plain global, so torch.compile reads it and guards on it).
+_default = "auto"
 
 
 def register_backend(backend: Backend) -> None:
@@ -93,7 +94,7 @@ def _load() -> dict[str, Backend]:
 
 def check_backend_name(name) -> str:
     if name is None:
-        return _default.get()
+        return _default
     if not isinstance(name, str) or (name != "auto" and name not in BACKEND_NAMES):
         raise ValueError(f"backend={name!r} is not a backend; expected one of "
                          f"{('auto',) + BACKEND_NAMES}")
@@ -107,11 +108,12 @@ def get_backend(name: str) -> Backend:
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Sets the default backend for the calls inside the `with` block."""
-    token = _default.set(check_backend_name(name))
+    global _default
+    previous, _default = _default, check_backend_name(name)
     try:
         yield
     finally:
-        _default.reset(token)
+        _default = previous
 
 
 def available_backends(device="cpu") -> list[str]:

@@ -133,3 +133,18 @@ def test_convert_inplace_and_top_level_module():
 def test_convert_rejects_unknown_backend():
     with pytest.raises(ValueError, match="nope"):
         cnnops.convert(_model(), backend="nope")
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
+def test_model_compiles_fullgraph_through_the_dispatcher(backend):
+    torch.manual_seed(0)
+    model = nn.Sequential(cnn.Conv2d(1, 4, 3, padding=1), cnn.BatchNorm2d(4), nn.ReLU(),
+                          cnn.MaxPool2d(2), cnn.AvgPool2d(2))
+    x = torch.randn(2, 1, 8, 8)
+    with cnnops.use_backend(backend):
+        want = model(x)
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        got = compiled(x)
+        got.sum().backward()
+    torch.testing.assert_close(got, want)
+    assert model[0].weight.grad is not None

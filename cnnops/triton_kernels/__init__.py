@@ -26,7 +26,18 @@ CPU_HINT = ("Triton runs on CUDA; for CPU tensors set TRITON_INTERPRET=1 "
 _KERNEL_MODULES = ("conv2d", "pool2d", "batch_norm")
 
 
+_UNKNOWN = object()
+_missing = _UNKNOWN  # _triton_missing's answer, once known (a global torch.compile can read)
+
+
 def _triton_missing() -> str | None:
+    global _missing
+    if _missing is _UNKNOWN:
+        _missing = _find_triton_problem()
+    return _missing
+
+
+def _find_triton_problem() -> str | None:
     """Why Triton cannot be used at all, without importing it; None when it can."""
     try:
         found = importlib.util.find_spec("triton") is not None
@@ -54,8 +65,14 @@ def _kernels_interpreted() -> bool | None:
     return None if launch is None else launch.INTERPRETED
 
 
+_ops_loaded = False
+
+
 def ops():
     """The kernel modules (imported on first use): `ops().conv2d.conv2d` etc."""
+    global _ops_loaded
+    if _ops_loaded:  # no import machinery on the hot path (torch.compile cannot trace it)
+        return sys.modules[__name__]
     try:
         for name in _KERNEL_MODULES:
             importlib.import_module(f"{__name__}.{name}")
@@ -63,6 +80,7 @@ def ops():
         raise BackendUnavailableError(
             f"the Triton kernels could not be loaded ({type(e).__name__}: {e}); "
             f"{INSTALL_HINT} and torch>=2.11") from e
+    _ops_loaded = True
     return sys.modules[__name__]
 
 
