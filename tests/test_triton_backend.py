@@ -59,3 +59,14 @@ def test_import_without_triton_registers_a_reason():
                      "print(cnnops.get_backend('triton').unavailable_reason(torch.device('cuda')))",
                      TRITON_INTERPRET="1")
     assert "pip install triton>=3.6" in out
+
+
+def test_tensors_past_int32_offsets_are_refused_not_miscomputed():
+    from cnnops.triton_kernels import TritonBackend
+    huge = torch.empty(2**31 + 5, 1, 1, 1, device="meta")  # no memory behind it
+    with pytest.raises(cnnops.BackendUnavailableError, match="2\\*\\*31"):
+        TritonBackend().max_pool2d(huge, (1, 1), (1, 1), (0, 0), (1, 1), False)
+    with pytest.raises(cnnops.BackendUnavailableError, match="output"):
+        TritonBackend().conv2d(torch.empty(1, 1, 2**15, 2**15, device="meta"),
+                               torch.empty(4, 1, 1, 1, device="meta"), None, (1, 1), (0, 0),
+                               (1, 1), 1, None)
