@@ -1,10 +1,12 @@
 // avg_pool2d on the CPU, NCHW contiguous, float and double.
 //
-// Forward: the window sums of an output row are accumulated tap by tap along the row
-// (vectorised, as in conv2d_cpu.cpp), then each is divided by its divisor (index_math.h:
+// Forward: the window sums of an output row's interior (windows inside the row along W) are
+// accumulated in chunks of 16 floats / 8 doubles, every tap over the same chunk (as in
+// max_pool2d_cpu.cpp), the border outputs one at a time; then each is divided by its divisor (index_math.h:
 // avg_window / avg_divisor, ATen's clipping). Backward scatters grad / divisor back over the
 // same taps; a thread owns whole planes, so no atomics. The divisor factors into a row part
 // and a column part; the column parts are computed once per call.
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
@@ -14,17 +16,66 @@
 namespace cnnops {
 namespace {
 
-// Per output column: the padded and the clipped window width (avg_window).
+// Per output column: the padded and the clipped window width (avg_window), and its valid
+// taps [kw_lo, kw_hi); the interior [lo_all, hi_all): outputs whose every tap is in the row.
 struct ColumnWindows {
-  std::vector<int64_t> padded, clipped;
-  ColumnWindows(const Pool2dShape& s) : padded(s.OW), clipped(s.OW) {
+  std::vector<int64_t> padded, clipped, kw_lo, kw_hi;
+  int64_t lo_all, hi_all;
+  ColumnWindows(const Pool2dShape& s)
+      : padded(s.OW), clipped(s.OW), kw_lo(s.OW), kw_hi(s.OW) {
     for (int64_t ow = 0; ow < s.OW; ++ow) {
       int64_t w0, w1;
       padded[ow] = avg_window(ow, s.W, s.kernel_w, s.stride_w, s.pad_w, &w0, &w1);
       clipped[ow] = w1 - w0;
+      valid_taps(ow, s.W, s.kernel_w, s.stride_w, s.pad_w, 1, &kw_lo[ow], &kw_hi[ow]);
     }
+    int64_t unused;
+    valid_outputs(s.W, s.OW, s.stride_w, s.pad_w, 0, &lo_all, &unused);
+    valid_outputs(s.W, s.OW, s.stride_w, s.pad_w, s.kernel_w - 1, &unused, &hi_all);
+    if (hi_all < lo_all) hi_all = lo_all;
   }
 };
+
+// Forward, interior outputs [ow0, ow0 + kWidth) of row oh: row[ow] = the sum of its window,
+// every tap (kh, kw) added over the same kWidth outputs (a fixed trip count: vectorised, no
+// scalar tail; each tap's loads line up with the previous tap's stores).
+template <typename T, int kStride, int kWidth>
+CNNOPS_INLINE void sum_chunk(const T* __restrict__ in_plane, T* __restrict__ row,
+                             const Pool2dShape& s, int64_t oh, int64_t kh_lo, int64_t kh_hi,
+                             int64_t ow0) {
+  const int64_t st = kStride ? kStride : s.stride_w;
+  for (int64_t ow = ow0; ow < ow0 + kWidth; ++ow) row[ow] = T(0);
+  for (int64_t kh = kh_lo; kh < kh_hi; ++kh) {
+    const T* in_row = in_plane + (oh * s.stride_h - s.pad_h + kh) * s.W - s.pad_w;
+    for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+      const T* __restrict__ in = in_row + kw;  // in[ow * stride]: tap (kh, kw) of output ow
+      for (int64_t ow = ow0; ow < ow0 + kWidth; ++ow) row[ow] += in[ow * st];
+    }
+  }
+}
+
+// The interior [lo, hi) in chunks of kWidth, the last one shifted left to end at hi (it
+// recomputes a few sums from scratch, with identical results).
+template <typename T, int kStride, int kWidth>
+CNNOPS_INLINE void sum_chunks(const T* in_plane, T* row, const Pool2dShape& s, int64_t oh,
+                              int64_t kh_lo, int64_t kh_hi, int64_t lo, int64_t hi) {
+  for (int64_t ow0 = lo; ow0 < hi; ow0 += kWidth)
+    sum_chunk<T, kStride, kWidth>(in_plane, row, s, oh, kh_lo, kh_hi, std::min(ow0, hi - kWidth));
+}
+
+// Forward, the interior with the widest chunk that fits (16, 8 or 4 floats; 8 or 4 doubles).
+// Returns false when it is narrower than 4 (the caller then sums it one output at a time).
+template <typename T, int kStride>
+CNNOPS_INLINE bool sum_interior(const T* in_plane, T* row, const Pool2dShape& s, int64_t oh,
+                                int64_t kh_lo, int64_t kh_hi, int64_t lo, int64_t hi) {
+  constexpr int kWide = 64 / sizeof(T);
+  if (hi - lo >= kWide) sum_chunks<T, kStride, kWide>(in_plane, row, s, oh, kh_lo, kh_hi, lo, hi);
+  else if (hi - lo >= kWide / 2)
+    sum_chunks<T, kStride, kWide / 2>(in_plane, row, s, oh, kh_lo, kh_hi, lo, hi);
+  else if (hi - lo >= 4) sum_chunks<T, kStride, 4>(in_plane, row, s, oh, kh_lo, kh_hi, lo, hi);
+  else return false;
+  return true;
+}
 
 // dst[ow * stride] (or dst[ow]) += src[ow] (or src[ow * stride]) over [lo, hi).
 // kStride: the stride when known at compile time (1, 2), else 0 and `stride` is used.
@@ -79,8 +130,26 @@ template <typename T>
 CNNOPS_SIMD_CLONES void avg_pool_row(const T* in_plane, T* out_row, T* divisor,
                                      const ColumnWindows& cols, const Pool2dShape& s, int64_t oh,
                                      bool count_include_pad, int64_t divisor_override) {
-  for (int64_t ow = 0; ow < s.OW; ++ow) out_row[ow] = T(0);
-  add_taps<T, false>(out_row, in_plane, s, oh);
+  // window sums: the interior in chunks, the border outputs (and a narrow interior) one at
+  // a time over their valid taps, in the same (kh, kw) order
+  int64_t kh_lo, kh_hi;
+  valid_taps(oh, s.H, s.kernel_h, s.stride_h, s.pad_h, 1, &kh_lo, &kh_hi);
+  const int64_t lo = cols.lo_all, hi = cols.hi_all;
+  bool chunked;
+  if (s.stride_w == 1) chunked = sum_interior<T, 1>(in_plane, out_row, s, oh, kh_lo, kh_hi, lo, hi);
+  else if (s.stride_w == 2) chunked = sum_interior<T, 2>(in_plane, out_row, s, oh, kh_lo, kh_hi, lo, hi);
+  else chunked = sum_interior<T, 0>(in_plane, out_row, s, oh, kh_lo, kh_hi, lo, hi);
+  for (int64_t ow = 0; ow < s.OW; ++ow) {
+    if (chunked && ow == lo) ow = hi;  // skip the interior
+    if (ow >= s.OW) break;
+    T sum = T(0);
+    for (int64_t kh = kh_lo; kh < kh_hi; ++kh) {
+      const T* in_row = in_plane + (oh * s.stride_h - s.pad_h + kh) * s.W;
+      for (int64_t kw = cols.kw_lo[ow]; kw < cols.kw_hi[ow]; ++kw)
+        sum += in_row[ow * s.stride_w - s.pad_w + kw];
+    }
+    out_row[ow] = sum;
+  }
   row_divisors(divisor, cols, s, oh, count_include_pad, divisor_override);
   for (int64_t ow = 0; ow < s.OW; ++ow) out_row[ow] /= divisor[ow];
 }
@@ -98,13 +167,42 @@ CNNOPS_SIMD_CLONES void avg_pool_backward_plane(const T* gout_plane, T* gin_plan
   }
 }
 
+// The classic 2x2, stride 2 pooling (LeNet, DenseNet's transitions) when every window is
+// whole (no padding, no clipped last window): out[oh, ow] = the sum of the 2x2 block in ATen's
+// order (row by row) / divisor, one plane at a time; a plain loop over a row with stride-2
+// loads, which GCC vectorises. No per-row tables, so short rows (12 or 14 outputs) stay cheap.
+template <typename T>
+CNNOPS_SIMD_CLONES void avg_pool_2x2_plane(const T* __restrict__ in, T* __restrict__ out,
+                                           const Pool2dShape& s, T divisor) {
+  for (int64_t oh = 0; oh < s.OH; ++oh) {
+    const T* __restrict__ top = in + 2 * oh * s.W;
+    const T* __restrict__ bottom = top + s.W;
+    T* __restrict__ row = out + oh * s.OW;
+    for (int64_t ow = 0; ow < s.OW; ++ow)
+      row[ow] = (top[2 * ow] + top[2 * ow + 1] + bottom[2 * ow] + bottom[2 * ow + 1]) / divisor;
+  }
+}
+
+bool is_whole_2x2_stride_2(const Pool2dShape& s) {
+  return s.kernel_h == 2 && s.kernel_w == 2 && s.stride_h == 2 && s.stride_w == 2 &&
+         s.pad_h == 0 && s.pad_w == 0 && 2 * s.OH <= s.H && 2 * s.OW <= s.W;
+}
+
 }  // namespace
 
 template <typename T>
 void avg_pool2d_forward_cpu(const T* input, T* output, const Pool2dShape& s,
                             bool count_include_pad, int64_t divisor_override) {
-  const ColumnWindows cols(s);
   const int64_t work = s.planes * s.OH * s.OW * s.kernel_h * s.kernel_w;
+  if (is_whole_2x2_stride_2(s)) {
+    // every window has 4 elements inside the input, so the divisor is 4 or the override
+    const T divisor = static_cast<T>(divisor_override != 0 ? divisor_override : 4);
+#pragma omp parallel for schedule(static) if (work > kParallelWork)
+    for (int64_t p = 0; p < s.planes; ++p)
+      avg_pool_2x2_plane(input + p * s.H * s.W, output + p * s.OH * s.OW, s, divisor);
+    return;
+  }
+  const ColumnWindows cols(s);
 #pragma omp parallel if (work > kParallelWork)
   {
     std::vector<T> divisor(s.OW);

@@ -262,8 +262,8 @@ CNNOPS_SIMD_CLONES void conv_input_plane_gather(const T* grad_output, const T* w
   }
 }
 
-// grad_weight of filter (oc, icg): every tap keeps a vector of partial sums over the output
-// columns; per image and output row it gets grad_output row * the input row under the tap
+// grad_weight of filter (oc, icg), any kernel width (used for KW > 7): every tap keeps a
+// vector of partial sums over the output columns; per image and output row it gets grad_output row * the input row under the tap
 // (from the zero-padded input, so no bounds checks). Lanes are summed once at the end.
 template <typename T, int kStride>
 CNNOPS_INLINE void conv_weight_filter_impl(const T* grad_output, const T* xpad, int64_t Hp,
@@ -306,13 +306,148 @@ CNNOPS_INLINE void conv_weight_filter_impl(const T* grad_output, const T* xpad, 
     for (int64_t l = 0; l < L; ++l) gw[t] += acc[t * L + l];
 }
 
+// grad_weight of the OCB x ICB filters (oc0 + j, icg0 + i) for a kernel width known at
+// compile time (KW <= 7), one filter row kh at a time: for every (n, oh) and every vector of
+// L output columns, OCB grad_output vectors and ICB x KW input vectors are loaded and all
+// OCB x ICB x KW products accumulated in registers. Each load feeds several FMAs (the input
+// planes are read once per OCB output channels, grad_output once per ICB input channels),
+// and the accumulators are independent chains. Columns past the last whole vector go as one
+// more, masked vector (scalar sums only for rows narrower than a vector).
+template <typename T, int kStride, int KW, int OCB, int ICB>
+CNNOPS_INLINE void conv_weight_block(const T* grad_output, const T* xpad, int64_t Hp,
+                                     int64_t Wp, T* grad_weight, const Conv2dShape& s,
+                                     int64_t oc0, int64_t icg0, int64_t n0, int64_t n1) {
+  using V = Vec32<T>;
+  using Mask = typename MaskOf<T>::type;
+  constexpr int64_t L = sizeof(V) / sizeof(T);
+  const int64_t cin_g = s.C_in / s.groups, cout_g = s.C_out / s.groups;
+  const int64_t ic0 = (oc0 / cout_g) * cin_g + icg0;  // the input channel of icg0
+  const int64_t sw = kStride ? kStride : s.stride_w, full = s.OW / L * L;
+  for (int64_t kh = 0; kh < s.KH; ++kh) {
+    V acc[OCB][ICB][KW];
+    T tail[OCB][ICB][KW];
+    for (int j = 0; j < OCB; ++j)
+      for (int i = 0; i < ICB; ++i)
+        for (int kw = 0; kw < KW; ++kw) acc[j][i][kw] = V{}, tail[j][i][kw] = T(0);
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t oh = 0; oh < s.OH; ++oh) {
+        const T* g_row[OCB];
+        const T* x_row[ICB];  // x_row[i][kw * dil + ow * stride]: tap (kh, kw) of column ow
+        for (int j = 0; j < OCB; ++j)
+          g_row[j] = grad_output + ((n * s.C_out + oc0 + j) * s.OH + oh) * s.OW;
+        for (int i = 0; i < ICB; ++i)
+          x_row[i] = xpad + ((n * s.C_in + ic0 + i) * Hp + oh * s.stride_h + kh * s.dil_h) * Wp;
+        for (int64_t ow = 0; ow < full; ow += L) {
+          V g[OCB];
+          for (int j = 0; j < OCB; ++j) load<T, V, 1>(g[j], g_row[j] + ow, 1);
+          for (int i = 0; i < ICB; ++i)
+            for (int kw = 0; kw < KW; ++kw) {
+              V x;
+              load<T, V, kStride>(x, x_row[i] + kw * s.dil_w + ow * sw, sw);
+              for (int j = 0; j < OCB; ++j) acc[j][i][kw] += g[j] * x;
+            }
+        }
+        if (full < s.OW && s.OW >= L) {
+          // the last columns as one vector: the row's last L columns, with the lanes the loop
+          // above already summed set to zero in both factors (so they add exactly +0)
+          const int64_t ow = s.OW - L;
+          Mask keep;
+          for (int64_t l = 0; l < L; ++l) keep[l] = ow + l >= full ? -1 : 0;
+          V g[OCB];
+          for (int j = 0; j < OCB; ++j) {
+            load<T, V, 1>(g[j], g_row[j] + ow, 1);
+            g[j] = (V)((Mask)g[j] & keep);
+          }
+          for (int i = 0; i < ICB; ++i)
+            for (int kw = 0; kw < KW; ++kw) {
+              V x;
+              load<T, V, kStride>(x, x_row[i] + kw * s.dil_w + ow * sw, sw);
+              x = (V)((Mask)x & keep);
+              for (int j = 0; j < OCB; ++j) acc[j][i][kw] += g[j] * x;
+            }
+        } else {
+          for (int64_t ow = full; ow < s.OW; ++ow)  // rows narrower than a vector
+            for (int j = 0; j < OCB; ++j)
+              for (int i = 0; i < ICB; ++i)
+                for (int kw = 0; kw < KW; ++kw)
+                  tail[j][i][kw] += g_row[j][ow] * x_row[i][kw * s.dil_w + ow * sw];
+        }
+      }
+    }
+    for (int j = 0; j < OCB; ++j)
+      for (int i = 0; i < ICB; ++i)
+        for (int kw = 0; kw < KW; ++kw) {
+          T sum = tail[j][i][kw];
+          for (int64_t l = 0; l < L; ++l) sum += acc[j][i][kw][l];
+          T& gw = grad_weight[(((oc0 + j) * cin_g + icg0 + i) * s.KH + kh) * KW + kw];
+          gw = n0 == 0 ? sum : gw + sum;  // images [n0, n1) add to the earlier images' sum
+        }
+  }
+}
+
+// The filters (oc0 .. oc0 + oc_count) x (icg0 .. icg0 + ic_count) with blocks of OCB x ICB
+// (about 12-16 accumulators: KW = 1: 4 x 4, KW <= 3: 4 x 1, else 2 x 1), a partial block as
+// single filters.
+template <typename T, int kStride, int KW, int OCB, int ICB>
+CNNOPS_INLINE void conv_weight_unit(const T* grad_output, const T* xpad, int64_t Hp, int64_t Wp,
+                                    T* grad_weight, const Conv2dShape& s, int64_t oc0,
+                                    int64_t oc_count, int64_t icg0, int64_t ic_count,
+                                    int64_t n0, int64_t n1) {
+  if (oc_count == OCB && ic_count == ICB) {
+    conv_weight_block<T, kStride, KW, OCB, ICB>(grad_output, xpad, Hp, Wp, grad_weight, s, oc0,
+                                                icg0, n0, n1);
+    return;
+  }
+  for (int64_t j = 0; j < oc_count; ++j)
+    for (int64_t i = 0; i < ic_count; ++i)
+      conv_weight_block<T, kStride, KW, 1, 1>(grad_output, xpad, Hp, Wp, grad_weight, s,
+                                              oc0 + j, icg0 + i, n0, n1);
+}
+
+// The block shape the driver uses for kernel width KW (0: KW > 7, the generic loop).
+CNNOPS_INLINE int64_t weight_oc_block(int64_t KW) { return KW == 1 || KW <= 3 ? 4 : KW <= 7 ? 2 : 1; }
+CNNOPS_INLINE int64_t weight_ic_block(int64_t KW) { return KW == 1 ? 4 : 1; }
+
+template <typename T, int kStride>
+CNNOPS_INLINE void conv_weight_unit_any(const T* grad_output, const T* xpad, int64_t Hp,
+                                        int64_t Wp, T* grad_weight, const Conv2dShape& s,
+                                        int64_t oc0, int64_t oc_count, int64_t icg0,
+                                        int64_t ic_count, int64_t n0, int64_t n1) {
+#define CNNOPS_UNIT(KW, OCB, ICB) \
+  return conv_weight_unit<T, kStride, KW, OCB, ICB>(grad_output, xpad, Hp, Wp, grad_weight, s, \
+                                                    oc0, oc_count, icg0, ic_count, n0, n1)
+  switch (s.KW) {
+    case 1: CNNOPS_UNIT(1, 4, 4);
+    case 2: CNNOPS_UNIT(2, 4, 1);
+    case 3: CNNOPS_UNIT(3, 4, 1);
+    case 4: CNNOPS_UNIT(4, 2, 1);
+    case 5: CNNOPS_UNIT(5, 2, 1);
+    case 6: CNNOPS_UNIT(6, 2, 1);
+    case 7: CNNOPS_UNIT(7, 2, 1);
+    default: {  // wide kernels (AlexNet's 11): the generic loop over all images, one filter at
+               // a time (the driver calls it with the whole batch, n0 = 0, n1 = N)
+      const int64_t cin_g = s.C_in / s.groups, cout_g = s.C_out / s.groups;
+      for (int64_t oc = oc0; oc < oc0 + oc_count; ++oc)
+        for (int64_t icg = icg0; icg < icg0 + ic_count; ++icg)
+          conv_weight_filter_impl<T, kStride>(grad_output, xpad, Hp, Wp,
+                                              grad_weight + (oc * cin_g + icg) * s.KH * s.KW,
+                                              s, oc, (oc / cout_g) * cin_g + icg);
+    }
+  }
+#undef CNNOPS_UNIT
+}
+
 template <typename T>
-CNNOPS_SIMD_CLONES void conv_weight_filter(const T* grad_output, const T* xpad, int64_t Hp,
-                                           int64_t Wp, T* gw, const Conv2dShape& s, int64_t oc,
-                                           int64_t ic) {
-  if (s.stride_w == 1) conv_weight_filter_impl<T, 1>(grad_output, xpad, Hp, Wp, gw, s, oc, ic);
-  else if (s.stride_w == 2) conv_weight_filter_impl<T, 2>(grad_output, xpad, Hp, Wp, gw, s, oc, ic);
-  else conv_weight_filter_impl<T, 0>(grad_output, xpad, Hp, Wp, gw, s, oc, ic);
+CNNOPS_SIMD_CLONES void conv_weight_unit_cloned(const T* grad_output, const T* xpad, int64_t Hp,
+                                                int64_t Wp, T* grad_weight, const Conv2dShape& s,
+                                                int64_t oc0, int64_t oc_count, int64_t icg0,
+                                                int64_t ic_count, int64_t n0, int64_t n1) {
+  if (s.stride_w == 1)
+    conv_weight_unit_any<T, 1>(grad_output, xpad, Hp, Wp, grad_weight, s, oc0, oc_count, icg0, ic_count, n0, n1);
+  else if (s.stride_w == 2)
+    conv_weight_unit_any<T, 2>(grad_output, xpad, Hp, Wp, grad_weight, s, oc0, oc_count, icg0, ic_count, n0, n1);
+  else
+    conv_weight_unit_any<T, 0>(grad_output, xpad, Hp, Wp, grad_weight, s, oc0, oc_count, icg0, ic_count, n0, n1);
 }
 
 }  // namespace
@@ -352,7 +487,7 @@ void conv2d_backward_input_cpu(const T* grad_output, const T* weight, T* grad_in
 }
 
 // grad_weight[oc, icg, kh, kw] = sum over n, oh, ow of grad_output * the input under that tap.
-// A thread owns whole filters.
+// A thread owns whole blocks of filters (conv_weight_block).
 template <typename T>
 void conv2d_backward_weight_cpu(const T* grad_output, const T* input, T* grad_weight,
                                 const Conv2dShape& s) {
@@ -360,12 +495,27 @@ void conv2d_backward_weight_cpu(const T* grad_output, const T* input, T* grad_we
   pad_input(input, s, xpad);
   const int64_t cin_g = s.C_in / s.groups, cout_g = s.C_out / s.groups, taps = s.KH * s.KW;
   const int64_t work = s.N * s.C_out * s.OH * s.OW * cin_g * taps;
-#pragma omp parallel for collapse(2) schedule(static) if (work > kParallelWork)
-  for (int64_t oc = 0; oc < s.C_out; ++oc)
-    for (int64_t icg = 0; icg < cin_g; ++icg)
-      conv_weight_filter(grad_output, xpad.data, xpad.Hp, xpad.Wp,
-                         grad_weight + (oc * cin_g + icg) * taps, s, oc,
-                         (oc / cout_g) * cin_g + icg);
+  // units of OCB output channels (within a group) x ICB input channels; the batch in chunks
+  // of images whose input and grad_output planes fit in about 1 MiB (half an L2), the chunks
+  // one after the other in every thread: a chunk's planes are read from memory once and then
+  // from L2 by every unit (each thread keeps the same units, so no two threads write one
+  // filter). Kernels wider than 7 go over the whole batch at once (the generic loop).
+  const int64_t ocb = weight_oc_block(s.KW), icb = weight_ic_block(s.KW);
+  const int64_t oc_units = s.groups * ceil_div(cout_g, ocb), ic_units = ceil_div(cin_g, icb);
+  const int64_t image_bytes =
+      (s.C_in * xpad.Hp * xpad.Wp + s.C_out * s.OH * s.OW) * static_cast<int64_t>(sizeof(T));
+  const int64_t chunk = s.KW > 7 ? s.N : std::max<int64_t>(1, (int64_t(1) << 20) / image_bytes);
+#pragma omp parallel if (work > kParallelWork)
+  for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t u = 0; u < oc_units; ++u)
+      for (int64_t v = 0; v < ic_units; ++v) {
+        const int64_t g = u / ceil_div(cout_g, ocb), first = (u % ceil_div(cout_g, ocb)) * ocb;
+        conv_weight_unit_cloned(grad_output, xpad.data, xpad.Hp, xpad.Wp, grad_weight, s,
+                                g * cout_g + first, std::min(ocb, cout_g - first), v * icb,
+                                std::min(icb, cin_g - v * icb), n0, std::min(n0 + chunk, s.N));
+      }
+  }
 }
 
 template <typename T>
