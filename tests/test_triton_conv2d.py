@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnops
+from differential import first_mismatches
 from backend_support import ON_GPU, TRITON_DEVICE as DEVICE, skip_module_without_triton
 
 skip_module_without_triton()
@@ -30,15 +31,11 @@ CASES = {
 
 
 def assert_close(actual, expected, dtype, what):
-    atol, rtol = TOL[dtype]
     actual, expected = actual.double().cpu(), expected.double().cpu()
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    bad = ~torch.isclose(actual, expected, atol=atol, rtol=rtol, equal_nan=True)
-    if bad.any():
-        idx = bad.nonzero()[:5].tolist()
-        rows = [f"{tuple(i)}: got {actual[tuple(i)].item():.8g}, want {expected[tuple(i)].item():.8g}"
-                for i in idx]
-        pytest.fail(f"{what}: {int(bad.sum())} of {bad.numel()} mismatch; first: " + "; ".join(rows))
+    atol, rtol = TOL[dtype]
+    assert torch.allclose(actual, expected, atol=atol, rtol=rtol, equal_nan=True), (
+        f"{what} differs from torch: {first_mismatches(actual, expected, atol, rtol)}")
 
 
 def make(case, dtype, seed=0):
