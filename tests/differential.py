@@ -37,3 +37,10 @@ def first_mismatches(got: torch.Tensor, want: torch.Tensor, atol: float, rtol: f
     where = bad.nonzero()[:k].tolist()
     return "; ".join(f"{tuple(i)}: got {got[tuple(i)].item():.6g}, want {want[tuple(i)].item():.6g}"
                      for i in where)
+
+
+def assert_close(got: torch.Tensor, want: torch.Tensor, atol: float, rtol: float, what: str):
+    """Same shape and values (NaN where torch has NaN); a failure lists the first mismatches."""
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert torch.allclose(got, want, atol=atol, rtol=rtol, equal_nan=True), (
+        f"{what} differs from torch: {first_mismatches(got, want, atol, rtol)}")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnops
-from differential import first_mismatches
+from differential import assert_close as _assert_close
 
 from backend_support import native_only, needs_cuda
 
@@ -34,12 +34,6 @@ OPTIONS = list(itertools.product([False, True], [True, False], [None, 3, -2]))  
 def _input(shape, dtype=torch.float64, device="cpu", seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_()
-
-
-def _assert_close(got, want, atol, rtol, what):
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    assert torch.allclose(got, want, atol=atol, rtol=rtol, equal_nan=True), (
-        f"{what} differs from torch: {first_mismatches(got, want, atol, rtol)}")
 
 
 def _compare(x, kwargs, atol, rtol, x_ref=None):

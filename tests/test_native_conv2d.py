@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnops
-from differential import first_mismatches
+from differential import assert_close as _assert_close
 
 from backend_support import NATIVE, native_only, needs_cuda
 
@@ -55,12 +55,6 @@ def _inputs(input_shape, weight_shape, bias, dtype=torch.float64, device="cpu", 
     b = torch.randn(weight_shape[0], generator=g, dtype=torch.float64) if bias else None
     move = lambda t: None if t is None else t.to(device, dtype).requires_grad_()  # noqa: E731
     return move(x), move(w), move(b)
-
-
-def _assert_close(got, want, atol, rtol, what):
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    assert torch.allclose(got, want, atol=atol, rtol=rtol, equal_nan=True), (
-        f"{what} differs from torch: {first_mismatches(got, want, atol, rtol)}")
 
 
 def _compare(x, w, b, kwargs, atol, rtol, activation=None):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnops
-from differential import first_mismatches
+from differential import assert_close as assert_close_to
 from backend_support import ON_GPU, TRITON_DEVICE as DEVICE, skip_module_without_triton
 
 skip_module_without_triton()
@@ -22,11 +22,7 @@ SHAPES = {"2d": (5, 3), "3d": (2, 4, 7), "4d": (2, 3, 5, 6), "4d_prime": (3, 5, 
 
 
 def assert_close(actual, expected, dtype, what):
-    actual, expected = actual.double().cpu(), expected.double().cpu()
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    atol, rtol = TOL[dtype]
-    assert torch.allclose(actual, expected, atol=atol, rtol=rtol, equal_nan=True), (
-        f"{what} differs from torch: {first_mismatches(actual, expected, atol, rtol)}")
+    assert_close_to(actual.double().cpu(), expected.double().cpu(), *TOL[dtype], what)
 
 
 def randn(shape, seed, dtype=torch.float64):

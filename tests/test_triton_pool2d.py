@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnops
-from differential import first_mismatches
+from differential import assert_close as assert_close_to
 from backend_support import ON_GPU, TRITON_DEVICE as DEVICE, skip_module_without_triton
 
 skip_module_without_triton()
@@ -30,11 +30,7 @@ CASES = {
 
 
 def assert_close(actual, expected, dtype, what):
-    actual, expected = actual.double().cpu(), expected.double().cpu()
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    atol, rtol = TOL[dtype]
-    assert torch.allclose(actual, expected, atol=atol, rtol=rtol, equal_nan=True), (
-        f"{what} differs from torch: {first_mismatches(actual, expected, atol, rtol)}")
+    assert_close_to(actual.double().cpu(), expected.double().cpu(), *TOL[dtype], what)
 
 
 def make_input(shape, dtype, layout="contiguous", seed=0):
