@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 DEPS := numpy tqdm matplotlib scikit-learn pytest pytest-benchmark pytest-xdist "triton>=3.6"
-NATIVE_SOURCES := $(wildcard kernels/*.cpp kernels/*.cu kernels/*.h)
+NATIVE_SOURCES := $(wildcard kernels/*/*.cpp kernels/*/*.cu kernels/*/*.h kernels/*/*.cuh)
 
 .PHONY: setup test bench check clean
 

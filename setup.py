@@ -1,6 +1,7 @@
 """Builds cnnops and its native extension `cnnops._C` from `kernels/`.
 
-The C++ sources (`kernels/*.cpp`) are always built; the CUDA sources (`kernels/*.cu`) are
+The C++ sources (`kernels/cpu`, `kernels/binding`) are always built; the CUDA sources
+(`kernels/cuda`) are
 added when torch has CUDA and nvcc is found. Environment switches:
   CNNOPS_BUILD_CPP=0   build no extension at all (the `native` backend reports "not built")
   CNNOPS_BUILD_CUDA=0  leave the CUDA sources out even where they could be built
@@ -20,16 +21,16 @@ def _flag(name: str) -> bool:
 
 
 def native_extensions():
-    cpp = sorted(glob.glob("kernels/*.cpp"))
+    cpp = sorted(glob.glob("kernels/cpu/*.cpp") + glob.glob("kernels/binding/*.cpp"))
     if not cpp or not _flag("CNNOPS_BUILD_CPP"):
         return [], {}
     from torch.utils import cpp_extension
 
-    cu = sorted(glob.glob("kernels/*.cu"))
+    cu = sorted(glob.glob("kernels/cuda/*.cu"))
     with_cuda = (bool(cu) and _flag("CNNOPS_BUILD_CUDA") and cpp_extension.CUDA_HOME is not None
                  and __import__("torch").version.cuda is not None)
     cxx = ["-O3", "-fopenmp"]
-    common = dict(include_dirs=[os.path.join(ROOT, "kernels")], extra_link_args=["-fopenmp"])
+    common = dict(include_dirs=[os.path.join(ROOT, "kernels", "include")], extra_link_args=["-fopenmp"])
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
         ext = cpp_extension.CUDAExtension(
@@ -49,7 +50,7 @@ setup(
     version="0.1.0",
     description="Convolution, pooling and batch-norm kernels for CNNs: book loops, C++/CUDA, Triton",
     python_requires=">=3.10",
-    packages=["cnnops", "cnnops.backends", "cnnops.native", "cnnops.triton_kernels",
+    packages=["cnnops", "cnnops.backends", "cnnops.backends.triton", "cnnops.tools",
               "cnnops.models"],
     package_dir={"cnnops.models": "models"},
     install_requires=["torch>=2.11", "numpy", "tqdm", "matplotlib", "scikit-learn"],

@@ -12,12 +12,12 @@ fi
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 status=0
-for cu in kernels/*.cu; do
+for cu in kernels/cuda/*.cu; do
   echo "nvcc_check: $cu"
   if ! "$NVCC" -arch=sm_90 -std=c++17 -O3 --use_fast_math -Xcompiler -Wall \
       -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
       -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ \
-      --expt-relaxed-constexpr -Werror all-warnings -DCNNOPS_WITH_CUDA=1 -I kernels \
+      --expt-relaxed-constexpr -Werror all-warnings -DCNNOPS_WITH_CUDA=1 -I kernels/include \
       -c "$cu" -o "$out/$(basename "$cu").o"; then
     status=1
   fi

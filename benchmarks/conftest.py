@@ -4,7 +4,7 @@
     pytest benchmarks/ --bench-device cuda --benchmark-json=bench.json   # every layer on GPU
     pytest benchmarks/bench_conv2d.py --bench-models resnet18 --bench-layout channels_last
 
-The layers come from the catalogue of the book's eight models (cnnops.catalogue); every backend
+The layers come from the catalogue of the book's eight models (cnnops.tools.catalogue); every backend
 available on the device gets an entry (`reference` and CPU `triton`, which run loops or an
 interpreter, only on tiny layers: skipped otherwise). Each backend's result is checked against
 the torch backend's before it is timed. On CUDA the timed function ends with a synchronize and
@@ -20,7 +20,7 @@ if not torch.cuda.is_available():  # Triton's interpreter reads this when triton
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import cnnops  # noqa: E402
-from cnnops import bench, catalogue, timing  # noqa: E402
+from cnnops.tools import bench, catalogue, timing  # noqa: E402
 
 
 def pytest_addoption(parser):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.benchmark import Timer
 
 import cnnops  # noqa: F401  (registers torch.ops.cnnops)
-import cnnops.native  # noqa: F401
+import cnnops.backends.native  # noqa: F401
 
 ops = torch.ops.cnnops
 
@@ -74,14 +74,14 @@ def main():
                 env.update(g=torch.randn_like(out), idx=idx)
                 add(name + " bwd", "torch.ops.aten.max_pool2d_with_indices_backward(g, x, k, s, p,"
                     " [1, 1], False, idx)",
-                    "ops.max_pool2d_backward(g, x, idx, k, s, p, [1, 1], False)",
+                    "ops.max_pool2d_grad_input(g, x, idx, k, s, p, [1, 1], False)",
                     dict(env, torch=torch))
             else:
                 add(name + " fwd", "F.avg_pool2d(x, k, s, p)",
                     "ops.avg_pool2d(x, k, s, p, False, True, None)", env)
                 env["g"] = torch.randn_like(F.avg_pool2d(x, k, s, p))
-                add(name + " bwd", "torch.ops.aten.avg_pool2d_backward(g, x, k, s, p, False, True,"
-                    " None)", "ops.avg_pool2d_backward(g, x, k, s, p, False, True, None)",
+                add(name + " bwd", "torch.ops.aten.avg_pool2d_grad_input(g, x, k, s, p, False, True,"
+                    " None)", "ops.avg_pool2d_grad_input(g, x, k, s, p, False, True, None)",
                     dict(env, torch=torch))
     if args.only in (None, "conv", "bwd"):
         for name, shape, cout, k, s, p in CONVS:
@@ -99,9 +99,9 @@ def main():
                       "[0, 0], 1, [{}, {}, False])")
                 if shape[1] > 1:
                     add(name + " bwd input", tb.format(cout, "True", "False"),
-                        "ops.conv2d_backward_input(g, x, w, s, p, [1, 1], 1)", env)
+                        "ops.conv2d_grad_input(g, x, w, s, p, [1, 1], 1)", env)
                 add(name + " bwd weight", tb.format(cout, "False", "True"),
-                    "ops.conv2d_backward_weight(g, x, w, s, p, [1, 1], 1)", env)
+                    "ops.conv2d_grad_weight(g, x, w, s, p, [1, 1], 1)", env)
     print(f"{'layer':48s} {'torch ms':>9s} {'native ms':>9s} {'ratio':>6s}")
     for name, t, n in rows:
         print(f"{name:48s} {t:9.3f} {n:9.3f} {t / n:6.2f}")

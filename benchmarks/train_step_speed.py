@@ -8,7 +8,7 @@ import time
 import torch
 from torch import nn
 
-from cnnops import data, train
+from cnnops.tools import data, train
 from cnnops.models import lenet, lenet_bn
 
 

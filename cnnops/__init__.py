@@ -2,7 +2,7 @@
 
 One interface, four backends (`reference`, `torch`, `native`, `triton`); see API.md.
 """
-from cnnops._backends import (BackendUnavailableError, available_backends, get_backend,
+from cnnops._dispatch import (BackendUnavailableError, available_backends, get_backend,
                               use_backend)
 from cnnops.convert import convert
 from cnnops.functional import avg_pool2d, batch_norm, conv2d, max_pool2d
@@ -10,7 +10,7 @@ from cnnops.shapes import conv2d_output_shape, pool2d_output_shape
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("nn", "reference", "models", "check")
+_SUBMODULES = ("nn", "reference", "models")
 
 
 def __getattr__(name):
@@ -28,6 +28,6 @@ __all__ = [
 
 # Register the backends now, not lazily inside the first call: torch.compile traces calls
 # and must find the registry already filled.
-from cnnops._backends import _load as _load_backends  # noqa: E402
+from cnnops._dispatch import _load as _load_backends  # noqa: E402
 
 _load_backends()

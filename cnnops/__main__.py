@@ -19,7 +19,7 @@ def main(argv=None) -> int:
     for name, summary in SUBCOMMANDS.items():
         sub = subparsers.add_parser(name, help=summary)
         if name == chosen:
-            module = importlib.import_module(f"cnnops.{name}")
+            module = importlib.import_module(f"cnnops.tools.{name}")
             sub.description = module.__doc__
             sub.formatter_class = argparse.RawDescriptionHelpFormatter
             module.configure(sub)

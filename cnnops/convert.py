@@ -37,7 +37,7 @@ def convert(module: nn.Module, backend=None, inplace: bool = False) -> nn.Module
     and leaves `module` untouched; `inplace=True` swaps the children of `module` itself.
     """
     if backend is not None:
-        from cnnops._backends import check_backend_name
+        from cnnops._dispatch import check_backend_name
         check_backend_name(backend)
     if not inplace:
         module = copy.deepcopy(module)

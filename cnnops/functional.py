@@ -6,7 +6,7 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 from cnnops import _validate
-from cnnops._backends import resolve
+from cnnops._dispatch import resolve
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cnnops.check import Case, compare, fuzz_cases
+from cnnops.tools.check import Case, compare, fuzz_cases
 from conftest import backends_under_test, devices
 
 # Random cases per backend and op: the Python loops and the Triton interpreter are slow.

@@ -2,7 +2,7 @@
 statistics and gradients, training and eval."""
 import pytest
 
-from cnnops.check import Case
+from cnnops.tools.check import Case
 from differential import check_case, params
 
 

@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import cnnops
-from cnnops import bench, catalogue
+from cnnops.tools import bench, catalogue
 from cnnops.__main__ import main
 
 

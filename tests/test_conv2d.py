@@ -1,7 +1,7 @@
 """conv2d on every backend against torch.nn.functional.conv2d, forward and backward."""
 import pytest
 
-from cnnops.check import Case
+from cnnops.tools.check import Case
 from differential import check_case, params
 
 EDGES = [

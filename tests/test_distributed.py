@@ -8,7 +8,7 @@ import sys
 import torch
 import torch.multiprocessing as mp
 
-from cnnops import train
+from cnnops.tools import train
 from cnnops.models import lenet_bn
 
 ARGS = ["lenet_bn", "--epochs", "2", "--limit", "64", "--batch-size", "16", "--backend",

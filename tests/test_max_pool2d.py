@@ -1,7 +1,7 @@
 """max_pool2d on every backend against torch.nn.functional.max_pool2d (values, indices, grads)."""
 import pytest
 
-from cnnops.check import Case
+from cnnops.tools.check import Case
 from differential import check_case, params
 
 EDGES = [

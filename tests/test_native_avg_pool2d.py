@@ -128,9 +128,9 @@ def test_opcheck(divisor_override):
     torch.library.opcheck(torch.ops.cnnops.avg_pool2d.default, (x, *args))
     torch.library.opcheck(torch.ops.cnnops.avg_pool2d.default, (x.detach(), *args))
     out = torch.ops.cnnops.avg_pool2d(x.detach(), *args)
-    torch.library.opcheck(torch.ops.cnnops.avg_pool2d_backward.default,
+    torch.library.opcheck(torch.ops.cnnops.avg_pool2d_grad_input.default,
                           (torch.randn_like(out), x.detach(), *args))
-    torch.library.opcheck(torch.ops.cnnops.avg_pool2d_backward.default,
+    torch.library.opcheck(torch.ops.cnnops.avg_pool2d_grad_input.default,
                           (torch.randn_like(out).requires_grad_(), x.detach(), *args))
 
 
@@ -156,5 +156,5 @@ def test_cuda_channels_last_and_opcheck():
     args = ([3, 2], [2, 1], [1, 1], True, False, None)
     torch.library.opcheck(torch.ops.cnnops.avg_pool2d.default, (x, *args))
     out = torch.ops.cnnops.avg_pool2d(x, *args)
-    torch.library.opcheck(torch.ops.cnnops.avg_pool2d_backward.default,
+    torch.library.opcheck(torch.ops.cnnops.avg_pool2d_grad_input.default,
                           (torch.randn_like(out), x, *args))

@@ -18,7 +18,7 @@ from backend_support import NATIVE, NATIVE_REASON, native_only, needs_cuda
 
 pytestmark = native_only
 if NATIVE_REASON is None:
-    from cnnops.native.batch_norm import batch_norm
+    from cnnops.backends.native import _batch_norm as batch_norm
 
 # (dtype, atol, rtol) against F.batch_norm in the same dtype
 TOLERANCES = [(torch.float64, 1e-10, 1e-10), (torch.float32, 2e-5, 2e-5)]

@@ -178,14 +178,14 @@ def test_opcheck_backward_ops():
     x, w = x.detach(), w.detach()
     conv_args = ([2, 1], [1, 1], [1, 2], 2)
     grad = torch.randn_like(torch.ops.cnnops.conv2d(x, w, None, *conv_args))
-    torch.library.opcheck(torch.ops.cnnops.conv2d_backward_input.default, (grad, x, w, *conv_args))
-    torch.library.opcheck(torch.ops.cnnops.conv2d_backward_weight.default, (grad, x, w, *conv_args))
-    torch.library.opcheck(torch.ops.cnnops.conv2d_backward_bias.default, (grad,))
+    torch.library.opcheck(torch.ops.cnnops.conv2d_grad_input.default, (grad, x, w, *conv_args))
+    torch.library.opcheck(torch.ops.cnnops.conv2d_grad_weight.default, (grad, x, w, *conv_args))
+    torch.library.opcheck(torch.ops.cnnops.conv2d_grad_bias.default, (grad,))
     # with requires_grad: the backward ops' own autograd (double backward)
     x, w, grad = (t.clone().requires_grad_() for t in (x, w, grad))
-    torch.library.opcheck(torch.ops.cnnops.conv2d_backward_input.default, (grad, x, w, *conv_args))
-    torch.library.opcheck(torch.ops.cnnops.conv2d_backward_weight.default, (grad, x, w, *conv_args))
-    torch.library.opcheck(torch.ops.cnnops.conv2d_backward_bias.default, (grad,))
+    torch.library.opcheck(torch.ops.cnnops.conv2d_grad_input.default, (grad, x, w, *conv_args))
+    torch.library.opcheck(torch.ops.cnnops.conv2d_grad_weight.default, (grad, x, w, *conv_args))
+    torch.library.opcheck(torch.ops.cnnops.conv2d_grad_bias.default, (grad,))
 
 
 class TinyNet(torch.nn.Module):

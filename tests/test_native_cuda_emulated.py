@@ -21,8 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS = ROOT / "kernels"
 EMU = ROOT / "tests" / "native_cuda_emu"
-CUDA_SOURCES = ("conv2d_cuda.cu", "max_pool2d_cuda.cu", "avg_pool2d_cuda.cu")
-CPU_SOURCES = ("conv2d_cpu.cpp", "max_pool2d_cpu.cpp", "avg_pool2d_cpu.cpp")
+CUDA_SOURCES = ("cuda/conv2d.cu", "cuda/max_pool2d.cu", "cuda/avg_pool2d.cu")
+CPU_SOURCES = ("cpu/conv2d.cpp", "cpu/max_pool2d.cpp", "cpu/avg_pool2d.cpp")
 
 
 def _cuda_include() -> Path | None:
@@ -60,12 +60,12 @@ def test_cuda_kernels_match_cpp_kernels(tmp_path):
         pytest.skip(f"needs g++ and the CUDA headers (g++: {compiler}, cuda_runtime.h: {include})")
     generated = []
     for name in CUDA_SOURCES:
-        path = tmp_path / name.replace(".cu", "_emu.cpp")
+        path = tmp_path / Path(name).name.replace(".cu", "_emu.cpp")
         path.write_text(for_emulation((KERNELS / name).read_text()))
         generated.append(str(path))
     binary = tmp_path / "harness"
     command = [compiler, "-std=c++20", "-O1", "-fopenmp", "-Wno-attributes",
-               "-DCNNOPS_WITH_CUDA=1", f"-I{include}", f"-I{EMU}", f"-I{KERNELS}",
+               "-DCNNOPS_WITH_CUDA=1", f"-I{include}", f"-I{EMU}", f"-I{KERNELS / 'include'}",
                str(EMU / "harness.cpp"), *(str(KERNELS / s) for s in CPU_SOURCES), *generated,
                "-o", str(binary), "-lpthread"]
     build = subprocess.run(command, capture_output=True, text=True, timeout=300)

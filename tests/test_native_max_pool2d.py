@@ -133,9 +133,9 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.cnnops.max_pool2d.default, (x, *args))
     torch.library.opcheck(torch.ops.cnnops.max_pool2d.default, (x.detach(), *args))
     out, idx = torch.ops.cnnops.max_pool2d(x.detach(), *args)
-    torch.library.opcheck(torch.ops.cnnops.max_pool2d_backward.default,
+    torch.library.opcheck(torch.ops.cnnops.max_pool2d_grad_input.default,
                           (torch.randn_like(out), x.detach(), idx, *args))
-    torch.library.opcheck(torch.ops.cnnops.max_pool2d_backward.default,
+    torch.library.opcheck(torch.ops.cnnops.max_pool2d_grad_input.default,
                           (torch.randn_like(out).requires_grad_(), x.detach(), idx, *args))
 
 
@@ -165,5 +165,5 @@ def test_cuda_opcheck():
     args = ([3, 2], [2, 1], [1, 1], [1, 2], True)
     torch.library.opcheck(torch.ops.cnnops.max_pool2d.default, (x, *args))
     out, idx = torch.ops.cnnops.max_pool2d(x, *args)
-    torch.library.opcheck(torch.ops.cnnops.max_pool2d_backward.default,
+    torch.library.opcheck(torch.ops.cnnops.max_pool2d_grad_input.default,
                           (torch.randn_like(out), x, idx, *args))

@@ -11,7 +11,7 @@ from torch import nn
 import cnnops
 import cnnops.nn
 from cnnops import reference as R
-from cnnops.backends.reference_backend import ReferenceBackend
+from cnnops.backends.reference import ReferenceBackend
 
 F64 = (torch.float64, 1e-12, 1e-12)  # (dtype, atol, rtol) of the float64 comparisons
 

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import cnnops
-from cnnops import data as datasets
-from cnnops import train
+from cnnops.tools import data as datasets
+from cnnops.tools import train
 from cnnops.__main__ import main
 from cnnops.models import lenet, lenet_bn
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import cnnops
-from cnnops import triton_kernels
-from cnnops._backends import get_backend
+from cnnops.backends import triton as triton_kernels
+from cnnops._dispatch import get_backend
 
 
 def run_python(code: str, **env) -> str:
@@ -47,9 +47,9 @@ def test_cuda_without_gpu_is_unavailable():
 
 
 def test_import_loads_no_triton_and_runs_nothing():
-    out = run_python("import sys, cnnops, cnnops.triton_kernels; "
+    out = run_python("import sys, cnnops, cnnops.backends.triton; "
                      "print('triton' in sys.modules, "
-                     "any(m.startswith('cnnops.triton_kernels.') for m in sys.modules))")
+                     "any(m.startswith('cnnops.backends.triton.') for m in sys.modules))")
     assert out == "False False"
 
 
@@ -62,7 +62,7 @@ def test_import_without_triton_registers_a_reason():
 
 
 def test_tensors_past_int32_offsets_are_refused_not_miscomputed():
-    from cnnops.triton_kernels import TritonBackend
+    from cnnops.backends.triton import TritonBackend
     huge = torch.empty(2**31 + 5, 1, 1, 1, device="meta")  # no memory behind it
     with pytest.raises(cnnops.BackendUnavailableError, match="2\\*\\*31"):
         TritonBackend().max_pool2d(huge, (1, 1), (1, 1), (0, 0), (1, 1), False)

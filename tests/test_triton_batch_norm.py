@@ -13,7 +13,7 @@ from backend_support import ON_GPU, TRITON_DEVICE as DEVICE, skip_module_without
 
 skip_module_without_triton()
 
-from cnnops.triton_kernels import batch_norm as tbn  # noqa: E402
+from cnnops.backends.triton import batch_norm as tbn  # noqa: E402
 
 TOL = {torch.float32: (1e-5, 1e-4), torch.float64: (1e-12, 1e-10),
        torch.float16: (1e-2, 1e-2), torch.bfloat16: (5e-2, 5e-2)}

@@ -13,7 +13,7 @@ from backend_support import ON_GPU, TRITON_DEVICE as DEVICE, skip_module_without
 
 skip_module_without_triton()
 
-from cnnops.triton_kernels import conv2d as tconv  # noqa: E402
+from cnnops.backends.triton import conv2d as tconv  # noqa: E402
 
 TOL = {torch.float32: (2e-5, 1e-4), torch.float64: (1e-12, 1e-10),
        torch.float16: (2e-2, 2e-2), torch.bfloat16: (1e-1, 5e-2)}

@@ -13,7 +13,7 @@ from backend_support import ON_GPU, TRITON_DEVICE as DEVICE, skip_module_without
 
 skip_module_without_triton()
 
-from cnnops.triton_kernels import pool2d as tpool  # noqa: E402
+from cnnops.backends.triton import pool2d as tpool  # noqa: E402
 
 TOL = {torch.float32: (1e-6, 1e-5), torch.float64: (1e-13, 1e-12),
        torch.float16: (1e-3, 1e-3), torch.bfloat16: (1e-2, 1e-2)}
@@ -146,9 +146,9 @@ def test_pool2d_opcheck():
     torch.library.opcheck(tpool.avg_pool2d, (x, [3, 3], [2, 2], [1, 1], True, False, 4))
     out, idx = tpool.max_pool2d(x.detach(), [2, 2], [2, 2], [1, 1], [1, 1], False)
     grad = random_grad(out.shape, x.dtype)
-    torch.library.opcheck(tpool.max_pool2d_backward, (grad, idx, [5, 6], [2, 2], [2, 2],
+    torch.library.opcheck(tpool.max_pool2d_grad_input, (grad, idx, [5, 6], [2, 2], [2, 2],
                                                       [1, 1], [1, 1]))
-    torch.library.opcheck(tpool.avg_pool2d_backward, (grad, [5, 6], [2, 2], [2, 2], [1, 1],
+    torch.library.opcheck(tpool.avg_pool2d_grad_input, (grad, [5, 6], [2, 2], [2, 2], [1, 1],
                                                       False, None))
 
 

@@ -133,13 +133,13 @@ void test_conv(const std::string& name, const Conv2dShape& s, bool bias, bool re
   }
   Data<T> g(out_size);
   std::vector<double> want_gi(x.d.size()), want_gw(w.d.size()), want_gb(s.C_out);
-  conv2d_backward_input_cpu<double>(g.d.data(), w.d.data(), want_gi.data(), s);
-  conv2d_backward_weight_cpu<double>(g.d.data(), x.d.data(), want_gw.data(), s);
-  conv2d_backward_bias_cpu<double>(g.d.data(), want_gb.data(), s);
+  conv2d_grad_input_cpu<double>(g.d.data(), w.d.data(), want_gi.data(), s);
+  conv2d_grad_weight_cpu<double>(g.d.data(), x.d.data(), want_gw.data(), s);
+  conv2d_grad_bias_cpu<double>(g.d.data(), want_gb.data(), s);
   std::vector<T> gi(want_gi.size()), gw(want_gw.size()), gb(s.C_out);
-  expect_ok(conv2d_backward_input_cuda(dt, g.t.data(), w.t.data(), gi.data(), s, nullptr), tag);
-  expect_ok(conv2d_backward_weight_cuda(dt, g.t.data(), x.t.data(), gw.data(), s, nullptr), tag);
-  expect_ok(conv2d_backward_bias_cuda(dt, g.t.data(), gb.data(), s, nullptr), tag);
+  expect_ok(conv2d_grad_input_cuda(dt, g.t.data(), w.t.data(), gi.data(), s, nullptr), tag);
+  expect_ok(conv2d_grad_weight_cuda(dt, g.t.data(), x.t.data(), gw.data(), s, nullptr), tag);
+  expect_ok(conv2d_grad_bias_cuda(dt, g.t.data(), gb.data(), s, nullptr), tag);
   check(tag + " grad_input", gi, want_gi, tolerance<T>());
   check(tag + " grad_weight", gw, want_gw, tolerance<T>());
   check(tag + " grad_bias", gb, want_gb, tolerance<T>());
@@ -173,8 +173,8 @@ void test_max_pool(const std::string& name, const Pool2dShape& s, bool nans) {
   Data<T> g(out_size);
   std::vector<double> want_gi(x.d.size());
   std::vector<T> gi(x.d.size());
-  max_pool2d_backward_cpu<double>(g.d.data(), want_idx.data(), want_gi.data(), s);
-  expect_ok(max_pool2d_backward_cuda(dt, g.t.data(), idx.data(), gi.data(), s, nullptr), tag);
+  max_pool2d_grad_input_cpu<double>(g.d.data(), want_idx.data(), want_gi.data(), s);
+  expect_ok(max_pool2d_grad_input_cuda(dt, g.t.data(), idx.data(), gi.data(), s, nullptr), tag);
   check(tag + " grad_input", gi, want_gi, tolerance<T>());
 }
 
@@ -190,11 +190,11 @@ void test_avg_pool(const std::string& name, const Pool2dShape& s) {
                               std::to_string(count_include_pad) + " div " + std::to_string(divisor);
       std::vector<double> want(out_size), want_gi(x.d.size());
       avg_pool2d_forward_cpu<double>(x.d.data(), want.data(), s, count_include_pad, divisor);
-      avg_pool2d_backward_cpu<double>(g.d.data(), want_gi.data(), s, count_include_pad, divisor);
+      avg_pool2d_grad_input_cpu<double>(g.d.data(), want_gi.data(), s, count_include_pad, divisor);
       std::vector<T> out(out_size), gi(x.d.size());
       expect_ok(avg_pool2d_forward_cuda(dt, x.t.data(), out.data(), s, count_include_pad, divisor,
                                         nullptr), tag);
-      expect_ok(avg_pool2d_backward_cuda(dt, g.t.data(), gi.data(), s, count_include_pad,
+      expect_ok(avg_pool2d_grad_input_cuda(dt, g.t.data(), gi.data(), s, count_include_pad,
                                          divisor, nullptr), tag);
       check(tag + " forward", out, want, tolerance<T>());
       check(tag + " grad_input", gi, want_gi, tolerance<T>());

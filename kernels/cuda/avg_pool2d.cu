@@ -30,7 +30,7 @@ __global__ void avg_pool2d_forward_kernel(const T* __restrict__ input, T* __rest
 }
 
 template <typename T>
-__global__ void avg_pool2d_backward_kernel(const T* __restrict__ grad_output,
+__global__ void avg_pool2d_grad_input_kernel(const T* __restrict__ grad_output,
                                            T* __restrict__ grad_input, Pool2dShape s,
                                            bool count_include_pad, int64_t divisor_override) {
   using A = acc_t<T>;
@@ -70,11 +70,11 @@ cudaError_t avg_pool2d_forward_cuda(DType dtype, const void* input, void* output
   return cudaGetLastError();
 }
 
-cudaError_t avg_pool2d_backward_cuda(DType dtype, const void* grad_output, void* grad_input,
+cudaError_t avg_pool2d_grad_input_cuda(DType dtype, const void* grad_output, void* grad_input,
                                      const Pool2dShape& s, bool count_include_pad,
                                      int64_t divisor_override, cudaStream_t stream) {
   CNNOPS_CUDA_DISPATCH(dtype, {
-    avg_pool2d_backward_kernel<T><<<blocks_for(s.planes * s.H * s.W), kThreads, 0, stream>>>(
+    avg_pool2d_grad_input_kernel<T><<<blocks_for(s.planes * s.H * s.W), kThreads, 0, stream>>>(
         static_cast<const T*>(grad_output), static_cast<T*>(grad_input), s, count_include_pad,
         divisor_override);
   })

@@ -25,9 +25,9 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 import cnnops
-from cnnops import data as datasets
+from cnnops.tools import data as datasets
 from cnnops import nn as cnn
-from cnnops._backends import BACKEND_NAMES, resolve
+from cnnops._dispatch import BACKEND_NAMES, resolve
 from cnnops.models import MODELS
 from cnnops.models._common import GlobalAvgPool2d
 

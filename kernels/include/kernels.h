@@ -17,18 +17,18 @@ template <typename T>
 void conv2d_forward_cpu(const T* input, const T* weight, const T* bias, T* output,
                         const Conv2dShape& s, bool relu);
 template <typename T>
-void conv2d_backward_input_cpu(const T* grad_output, const T* weight, T* grad_input,
+void conv2d_grad_input_cpu(const T* grad_output, const T* weight, T* grad_input,
                                const Conv2dShape& s);
 template <typename T>
-void conv2d_backward_weight_cpu(const T* grad_output, const T* input, T* grad_weight,
+void conv2d_grad_weight_cpu(const T* grad_output, const T* input, T* grad_weight,
                                 const Conv2dShape& s);
 template <typename T>
-void conv2d_backward_bias_cpu(const T* grad_output, T* grad_bias, const Conv2dShape& s);
+void conv2d_grad_bias_cpu(const T* grad_output, T* grad_bias, const Conv2dShape& s);
 
 template <typename T>
 void max_pool2d_forward_cpu(const T* input, T* output, int64_t* indices, const Pool2dShape& s);
 template <typename T>
-void max_pool2d_backward_cpu(const T* grad_output, const int64_t* indices, T* grad_input,
+void max_pool2d_grad_input_cpu(const T* grad_output, const int64_t* indices, T* grad_input,
                              const Pool2dShape& s);
 
 // divisor_override: 0 for none.
@@ -36,7 +36,7 @@ template <typename T>
 void avg_pool2d_forward_cpu(const T* input, T* output, const Pool2dShape& s,
                             bool count_include_pad, int64_t divisor_override);
 template <typename T>
-void avg_pool2d_backward_cpu(const T* grad_output, T* grad_input, const Pool2dShape& s,
+void avg_pool2d_grad_input_cpu(const T* grad_output, T* grad_input, const Pool2dShape& s,
                              bool count_include_pad, int64_t divisor_override);
 
 // conv2d forward algorithms, as the `algo` argument of cnnops::conv2d.
@@ -59,26 +59,26 @@ enum class DType { f32, f64, f16, bf16 };
 cudaError_t conv2d_forward_cuda(DType dtype, const void* input, const void* weight,
                                 const void* bias, void* output, const Conv2dShape& s, bool relu,
                                 int64_t algo, cudaStream_t stream);
-cudaError_t conv2d_backward_input_cuda(DType dtype, const void* grad_output, const void* weight,
+cudaError_t conv2d_grad_input_cuda(DType dtype, const void* grad_output, const void* weight,
                                        void* grad_input, const Conv2dShape& s,
                                        cudaStream_t stream);
-cudaError_t conv2d_backward_weight_cuda(DType dtype, const void* grad_output, const void* input,
+cudaError_t conv2d_grad_weight_cuda(DType dtype, const void* grad_output, const void* input,
                                         void* grad_weight, const Conv2dShape& s,
                                         cudaStream_t stream);
-cudaError_t conv2d_backward_bias_cuda(DType dtype, const void* grad_output, void* grad_bias,
+cudaError_t conv2d_grad_bias_cuda(DType dtype, const void* grad_output, void* grad_bias,
                                       const Conv2dShape& s, cudaStream_t stream);
 // Whether the tiled conv2d forward kernel can run this shape (its shared memory fits).
 bool conv2d_tiled_fits(const Conv2dShape& s, DType dtype);
 
 cudaError_t max_pool2d_forward_cuda(DType dtype, const void* input, void* output,
                                     int64_t* indices, const Pool2dShape& s, cudaStream_t stream);
-cudaError_t max_pool2d_backward_cuda(DType dtype, const void* grad_output,
+cudaError_t max_pool2d_grad_input_cuda(DType dtype, const void* grad_output,
                                      const int64_t* indices, void* grad_input,
                                      const Pool2dShape& s, cudaStream_t stream);
 cudaError_t avg_pool2d_forward_cuda(DType dtype, const void* input, void* output,
                                     const Pool2dShape& s, bool count_include_pad,
                                     int64_t divisor_override, cudaStream_t stream);
-cudaError_t avg_pool2d_backward_cuda(DType dtype, const void* grad_output, void* grad_input,
+cudaError_t avg_pool2d_grad_input_cuda(DType dtype, const void* grad_output, void* grad_input,
                                      const Pool2dShape& s, bool count_include_pad,
                                      int64_t divisor_override, cudaStream_t stream);
 

@@ -1,77 +1,26 @@
-"""The backend registry: which implementation runs a call.
+"""Dispatch: which backend runs a call.
 
-Every public op validates its arguments once (``cnnops._validate``), then asks
-``resolve`` for a ``Backend`` and calls the backend's method of the same name with
-normalised arguments. A backend module registers one ``Backend`` instance at import.
+Every public op validates its arguments once (``cnnops._validate``), then asks ``resolve`` for
+a ``Backend`` and calls the backend's method of the same name with normalised arguments. The
+registry is filled at ``import cnnops`` from the ``BACKEND`` of each module of
+``cnnops.backends``; a module that cannot be imported is replaced by an ``UnavailableBackend``
+that says why.
 """
 from __future__ import annotations
 
 import contextlib
 from typing import Iterator
 
+import importlib
+
 import torch
+
+from cnnops.backends import Backend, BackendUnavailableError, UnavailableBackend
 
 BACKEND_NAMES = ("reference", "torch", "native", "triton")
 
 # The order "auto" tries, per device type; `reference` is never chosen automatically.
 AUTO_ORDER = {"cuda": ("triton", "native", "torch"), "cpu": ("native", "torch")}
-
-
-class BackendUnavailableError(RuntimeError):
-    """A backend cannot run this call here (not built, no device, dtype unsupported...)."""
-
-
-class Backend:
-    """One implementation of the ops. Subclasses override the op methods.
-
-    The op methods receive validated, normalised arguments: 4-D input for conv and
-    pooling (N, C, H, W) in any memory format, int pairs for sizes, symmetric int
-    padding for conv. They return tensors; the dispatcher restores 3-D shapes and
-    the memory format PyTorch would give.
-    """
-
-    name: str = ""
-    # dtypes this backend takes, by device type.
-    dtypes: dict[str, tuple[torch.dtype, ...]] = {}
-
-    def unavailable_reason(self, device: torch.device) -> str | None:
-        """None when the backend can run tensors on `device`, else why not and how to fix it."""
-        return None
-
-    def supports_dtype(self, device: torch.device, dtype: torch.dtype) -> bool:
-        return dtype in self.dtypes.get(device.type, ())
-
-    def implements(self, op: str) -> bool:
-        """Whether this backend has its own `op` (the base class's methods only raise)."""
-        return getattr(type(self), op) is not getattr(Backend, op)
-
-    # ops: each returns what the matching torch.nn.functional call returns
-    def conv2d(self, input, weight, bias, stride, padding, dilation, groups, activation):
-        raise BackendUnavailableError(f"backend {self.name!r} has no conv2d")
-
-    def max_pool2d(self, input, kernel_size, stride, padding, dilation, ceil_mode):
-        """Returns (output, indices); indices are int64 flat h * W + w per plane."""
-        raise BackendUnavailableError(f"backend {self.name!r} has no max_pool2d")
-
-    def avg_pool2d(self, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                   divisor_override):
-        raise BackendUnavailableError(f"backend {self.name!r} has no avg_pool2d")
-
-    def batch_norm(self, input, running_mean, running_var, weight, bias, training, momentum,
-                   eps):
-        """input is (N, C, *); running stats are updated in place when training."""
-        raise BackendUnavailableError(f"backend {self.name!r} has no batch_norm")
-
-
-class UnavailableBackend(Backend):
-    """Stands in for a backend whose module could not be loaded; says why on every use."""
-
-    def __init__(self, name: str, reason: str):
-        self.name = name
-        self.reason = reason
-
-    def unavailable_reason(self, device):
-        return self.reason
 
 
 _registry: dict[str, Backend] = {}
@@ -80,15 +29,19 @@ _registry: dict[str, Backend] = {}
 _default = "auto"
 
 
-def register_backend(backend: Backend) -> None:
-    if backend.name not in BACKEND_NAMES:
-        raise ValueError(f"unknown backend name {backend.name!r}; expected one of {BACKEND_NAMES}")
-    _registry[backend.name] = backend
+_MODULES = {"reference": "cnnops.backends.reference", "torch": "cnnops.backends.torch",
+            "native": "cnnops.backends.native", "triton": "cnnops.backends.triton"}
 
 
 def _load() -> dict[str, Backend]:
+    """The registry, filled on first use (at `import cnnops`, so torch.compile finds it full)."""
     if len(_registry) < len(BACKEND_NAMES):
-        from cnnops import backends  # noqa: F401  (registers every backend it can load)
+        for name in BACKEND_NAMES:
+            try:
+                backend = importlib.import_module(_MODULES[name]).BACKEND
+            except (ImportError, AttributeError) as e:  # the module is broken or missing
+                backend = UnavailableBackend(name, f"{_MODULES[name]} could not be loaded: {e}")
+            _registry[name] = backend
     return _registry
 
 

@@ -211,42 +211,42 @@ Tensor conv2d(const Tensor& input_, const Tensor& weight_, const std::optional<T
   return out;
 }
 
-Tensor conv2d_backward_input(const Tensor& grad_output_, const Tensor& input_,
+Tensor conv2d_grad_input(const Tensor& grad_output_, const Tensor& input_,
                              const Tensor& weight_, IntArrayRef stride, IntArrayRef padding,
                              IntArrayRef dilation, int64_t groups) {
-  static constexpr const char* op = "cnnops::conv2d_backward_input";
+  static constexpr const char* op = "cnnops::conv2d_grad_input";
   const Conv2dShape s = conv_shape(input_, weight_, stride, padding, dilation, groups, op);
   check_grad_output(grad_output_, input_, {s.N, s.C_out, s.OH, s.OW}, op);
   const Tensor grad_output = grad_output_.contiguous(), weight = weight_.contiguous();
   Tensor grad_input = at::empty({s.N, s.C_in, s.H, s.W}, input_.options());
   if (grad_input.numel() == 0) return grad_input;
   CNNOPS_RUN(grad_output, op, {
-    conv2d_backward_input_cpu(ptr<scalar_t>(grad_output), ptr<scalar_t>(weight),
+    conv2d_grad_input_cpu(ptr<scalar_t>(grad_output), ptr<scalar_t>(weight),
                               mut<scalar_t>(grad_input), s);
-  }, conv2d_backward_input_cuda(dtype, vptr(grad_output), vptr(weight),
+  }, conv2d_grad_input_cuda(dtype, vptr(grad_output), vptr(weight),
                                 grad_input.mutable_data_ptr(), s, current_stream()));
   return grad_input;
 }
 
-Tensor conv2d_backward_weight(const Tensor& grad_output_, const Tensor& input_,
+Tensor conv2d_grad_weight(const Tensor& grad_output_, const Tensor& input_,
                               const Tensor& weight_, IntArrayRef stride, IntArrayRef padding,
                               IntArrayRef dilation, int64_t groups) {
-  static constexpr const char* op = "cnnops::conv2d_backward_weight";
+  static constexpr const char* op = "cnnops::conv2d_grad_weight";
   const Conv2dShape s = conv_shape(input_, weight_, stride, padding, dilation, groups, op);
   check_grad_output(grad_output_, input_, {s.N, s.C_out, s.OH, s.OW}, op);
   const Tensor grad_output = grad_output_.contiguous(), input = input_.contiguous();
   if (s.N == 0) return at::zeros(weight_.sizes(), weight_.options());
   Tensor grad_weight = at::empty(weight_.sizes(), weight_.options());
   CNNOPS_RUN(grad_output, op, {
-    conv2d_backward_weight_cpu(ptr<scalar_t>(grad_output), ptr<scalar_t>(input),
+    conv2d_grad_weight_cpu(ptr<scalar_t>(grad_output), ptr<scalar_t>(input),
                                mut<scalar_t>(grad_weight), s);
-  }, conv2d_backward_weight_cuda(dtype, vptr(grad_output), vptr(input),
+  }, conv2d_grad_weight_cuda(dtype, vptr(grad_output), vptr(input),
                                  grad_weight.mutable_data_ptr(), s, current_stream()));
   return grad_weight;
 }
 
-Tensor conv2d_backward_bias(const Tensor& grad_output_) {
-  static constexpr const char* op = "cnnops::conv2d_backward_bias";
+Tensor conv2d_grad_bias(const Tensor& grad_output_) {
+  static constexpr const char* op = "cnnops::conv2d_grad_bias";
   check_input(grad_output_, "grad_output", op);
   Conv2dShape s{};
   s.N = grad_output_.size(0), s.C_out = grad_output_.size(1);
@@ -255,8 +255,8 @@ Tensor conv2d_backward_bias(const Tensor& grad_output_) {
   const Tensor grad_output = grad_output_.contiguous();
   Tensor grad_bias = at::empty({s.C_out}, grad_output.options());
   CNNOPS_RUN(grad_output, op, {
-    conv2d_backward_bias_cpu(ptr<scalar_t>(grad_output), mut<scalar_t>(grad_bias), s);
-  }, conv2d_backward_bias_cuda(dtype, vptr(grad_output), grad_bias.mutable_data_ptr(), s,
+    conv2d_grad_bias_cpu(ptr<scalar_t>(grad_output), mut<scalar_t>(grad_bias), s);
+  }, conv2d_grad_bias_cuda(dtype, vptr(grad_output), grad_bias.mutable_data_ptr(), s,
                                current_stream()));
   return grad_bias;
 }
@@ -280,10 +280,10 @@ std::tuple<Tensor, Tensor> max_pool2d(const Tensor& input_, IntArrayRef kernel_s
   return {out, indices};
 }
 
-Tensor max_pool2d_backward(const Tensor& grad_output_, const Tensor& input,
+Tensor max_pool2d_grad_input(const Tensor& grad_output_, const Tensor& input,
                            const Tensor& indices_, IntArrayRef kernel_size, IntArrayRef stride,
                            IntArrayRef padding, IntArrayRef dilation, bool ceil_mode) {
-  static constexpr const char* op = "cnnops::max_pool2d_backward";
+  static constexpr const char* op = "cnnops::max_pool2d_grad_input";
   const Pool2dShape s = pool_shape(input, kernel_size, stride, padding, dilation, ceil_mode, op);
   const std::vector<int64_t> out_size{input.size(0), input.size(1), s.OH, s.OW};
   check_grad_output(grad_output_, input, out_size, op);
@@ -294,9 +294,9 @@ Tensor max_pool2d_backward(const Tensor& grad_output_, const Tensor& input,
   Tensor grad_input = at::empty(input.sizes(), input.options());
   if (grad_input.numel() == 0) return grad_input;
   CNNOPS_RUN(grad_output, op, {
-    max_pool2d_backward_cpu(ptr<scalar_t>(grad_output), indices.const_data_ptr<int64_t>(),
+    max_pool2d_grad_input_cpu(ptr<scalar_t>(grad_output), indices.const_data_ptr<int64_t>(),
                             mut<scalar_t>(grad_input), s);
-  }, max_pool2d_backward_cuda(dtype, vptr(grad_output), indices.const_data_ptr<int64_t>(),
+  }, max_pool2d_grad_input_cuda(dtype, vptr(grad_output), indices.const_data_ptr<int64_t>(),
                               grad_input.mutable_data_ptr(), s, current_stream()));
   return grad_input;
 }
@@ -327,11 +327,11 @@ Tensor avg_pool2d(const Tensor& input_, IntArrayRef kernel_size, IntArrayRef str
   return out;
 }
 
-Tensor avg_pool2d_backward(const Tensor& grad_output_, const Tensor& input,
+Tensor avg_pool2d_grad_input(const Tensor& grad_output_, const Tensor& input,
                            IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
                            bool ceil_mode, bool count_include_pad,
                            std::optional<int64_t> divisor_override) {
-  static constexpr const char* op = "cnnops::avg_pool2d_backward";
+  static constexpr const char* op = "cnnops::avg_pool2d_grad_input";
   const Pool2dShape s =
       pool_shape(input, kernel_size, stride, padding, {1, 1}, ceil_mode, op);
   const int64_t divisor = divisor_arg(divisor_override, op);
@@ -340,9 +340,9 @@ Tensor avg_pool2d_backward(const Tensor& grad_output_, const Tensor& input,
   Tensor grad_input = at::empty(input.sizes(), input.options());
   if (grad_input.numel() == 0) return grad_input;
   CNNOPS_RUN(grad_output, op, {
-    avg_pool2d_backward_cpu(ptr<scalar_t>(grad_output), mut<scalar_t>(grad_input), s,
+    avg_pool2d_grad_input_cpu(ptr<scalar_t>(grad_output), mut<scalar_t>(grad_input), s,
                             count_include_pad, divisor);
-  }, avg_pool2d_backward_cuda(dtype, vptr(grad_output), grad_input.mutable_data_ptr(), s,
+  }, avg_pool2d_grad_input_cuda(dtype, vptr(grad_output), grad_input.mutable_data_ptr(), s,
                               count_include_pad, divisor, current_stream()));
   return grad_input;
 }
@@ -352,32 +352,32 @@ Tensor avg_pool2d_backward(const Tensor& grad_output_, const Tensor& input,
 TORCH_LIBRARY(cnnops, m) {
   m.def("conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
         "int[2] dilation, int groups, bool relu=False, int algo=0) -> Tensor");
-  m.def("conv2d_backward_input(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
+  m.def("conv2d_grad_input(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
         "int[2] padding, int[2] dilation, int groups) -> Tensor");
-  m.def("conv2d_backward_weight(Tensor grad_output, Tensor input, Tensor weight, "
+  m.def("conv2d_grad_weight(Tensor grad_output, Tensor input, Tensor weight, "
         "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
-  m.def("conv2d_backward_bias(Tensor grad_output) -> Tensor");
+  m.def("conv2d_grad_bias(Tensor grad_output) -> Tensor");
   m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
         "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
-  m.def("max_pool2d_backward(Tensor grad_output, Tensor input, Tensor indices, "
+  m.def("max_pool2d_grad_input(Tensor grad_output, Tensor input, Tensor indices, "
         "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) "
         "-> Tensor");
   m.def("avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
         "bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
-  m.def("avg_pool2d_backward(Tensor grad_output, Tensor input, int[2] kernel_size, "
+  m.def("avg_pool2d_grad_input(Tensor grad_output, Tensor input, int[2] kernel_size, "
         "int[2] stride, int[2] padding, bool ceil_mode, bool count_include_pad, "
         "int? divisor_override) -> Tensor");
 }
 
 #define CNNOPS_IMPL_ALL(m)                                      \
   m.impl("conv2d", &conv2d);                                    \
-  m.impl("conv2d_backward_input", &conv2d_backward_input);      \
-  m.impl("conv2d_backward_weight", &conv2d_backward_weight);    \
-  m.impl("conv2d_backward_bias", &conv2d_backward_bias);        \
+  m.impl("conv2d_grad_input", &conv2d_grad_input);      \
+  m.impl("conv2d_grad_weight", &conv2d_grad_weight);    \
+  m.impl("conv2d_grad_bias", &conv2d_grad_bias);        \
   m.impl("max_pool2d", &max_pool2d);                            \
-  m.impl("max_pool2d_backward", &max_pool2d_backward);          \
+  m.impl("max_pool2d_grad_input", &max_pool2d_grad_input);          \
   m.impl("avg_pool2d", &avg_pool2d);                            \
-  m.impl("avg_pool2d_backward", &avg_pool2d_backward);
+  m.impl("avg_pool2d_grad_input", &avg_pool2d_grad_input);
 
 TORCH_LIBRARY_IMPL(cnnops, CPU, m) { CNNOPS_IMPL_ALL(m) }
 

@@ -141,7 +141,7 @@ conv2d_tiled_kernel(const T* __restrict__ input, const T* __restrict__ weight,
 // grad_input[n, ic, ih, iw]: the sum over the group's output channels and the taps (kh, kw)
 // whose output position oh = (ih + pad - kh * dil) / stride is whole and in range.
 template <typename T>
-__global__ void conv2d_backward_input_kernel(const T* __restrict__ grad_output,
+__global__ void conv2d_grad_input_kernel(const T* __restrict__ grad_output,
                                              const T* __restrict__ weight,
                                              T* __restrict__ grad_input, Conv2dShape s) {
   using A = acc_t<T>;
@@ -173,7 +173,7 @@ __global__ void conv2d_backward_input_kernel(const T* __restrict__ grad_output,
 // One block per weight element (oc, icg, kh, kw): its threads sum grad_output * input over
 // (n, oh, ow). Simple and deterministic; a tiled reduction would reuse loads across taps.
 template <typename T>
-__global__ void conv2d_backward_weight_kernel(const T* __restrict__ grad_output,
+__global__ void conv2d_grad_weight_kernel(const T* __restrict__ grad_output,
                                               const T* __restrict__ input,
                                               T* __restrict__ grad_weight, Conv2dShape s) {
   using A = acc_t<T>;
@@ -198,7 +198,7 @@ __global__ void conv2d_backward_weight_kernel(const T* __restrict__ grad_output,
 
 // One block per output channel: the sum of grad_output over (n, oh, ow).
 template <typename T>
-__global__ void conv2d_backward_bias_kernel(const T* __restrict__ grad_output,
+__global__ void conv2d_grad_bias_kernel(const T* __restrict__ grad_output,
                                             T* __restrict__ grad_bias, Conv2dShape s) {
   using A = acc_t<T>;
   const int64_t oc = blockIdx.x, plane = s.OH * s.OW;
@@ -240,11 +240,11 @@ cudaError_t conv2d_forward_cuda(DType dtype, const void* input, const void* weig
   return cudaGetLastError();
 }
 
-cudaError_t conv2d_backward_input_cuda(DType dtype, const void* grad_output, const void* weight,
+cudaError_t conv2d_grad_input_cuda(DType dtype, const void* grad_output, const void* weight,
                                        void* grad_input, const Conv2dShape& s,
                                        cudaStream_t stream) {
   CNNOPS_CUDA_DISPATCH(dtype, {
-    conv2d_backward_input_kernel<T><<<blocks_for(s.N * s.C_in * s.H * s.W), kThreads, 0,
+    conv2d_grad_input_kernel<T><<<blocks_for(s.N * s.C_in * s.H * s.W), kThreads, 0,
                                       stream>>>(static_cast<const T*>(grad_output),
                                                 static_cast<const T*>(weight),
                                                 static_cast<T*>(grad_input), s);
@@ -252,13 +252,13 @@ cudaError_t conv2d_backward_input_cuda(DType dtype, const void* grad_output, con
   return cudaGetLastError();
 }
 
-cudaError_t conv2d_backward_weight_cuda(DType dtype, const void* grad_output, const void* input,
+cudaError_t conv2d_grad_weight_cuda(DType dtype, const void* grad_output, const void* input,
                                         void* grad_weight, const Conv2dShape& s,
                                         cudaStream_t stream) {
   const int64_t elements = s.C_out * (s.C_in / s.groups) * s.KH * s.KW;
   if (elements > 0x7fffffff) return cudaErrorInvalidConfiguration;
   CNNOPS_CUDA_DISPATCH(dtype, {
-    conv2d_backward_weight_kernel<T><<<static_cast<unsigned int>(elements), kThreads, 0,
+    conv2d_grad_weight_kernel<T><<<static_cast<unsigned int>(elements), kThreads, 0,
                                        stream>>>(static_cast<const T*>(grad_output),
                                                  static_cast<const T*>(input),
                                                  static_cast<T*>(grad_weight), s);
@@ -266,11 +266,11 @@ cudaError_t conv2d_backward_weight_cuda(DType dtype, const void* grad_output, co
   return cudaGetLastError();
 }
 
-cudaError_t conv2d_backward_bias_cuda(DType dtype, const void* grad_output, void* grad_bias,
+cudaError_t conv2d_grad_bias_cuda(DType dtype, const void* grad_output, void* grad_bias,
                                       const Conv2dShape& s, cudaStream_t stream) {
   if (s.C_out > 0x7fffffff) return cudaErrorInvalidConfiguration;
   CNNOPS_CUDA_DISPATCH(dtype, {
-    conv2d_backward_bias_kernel<T><<<static_cast<unsigned int>(s.C_out), kThreads, 0, stream>>>(
+    conv2d_grad_bias_kernel<T><<<static_cast<unsigned int>(s.C_out), kThreads, 0, stream>>>(
         static_cast<const T*>(grad_output), static_cast<T*>(grad_bias), s);
   })
   return cudaGetLastError();

@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from cnnops._backends import Backend, register_backend
+from cnnops.backends import Backend
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -30,4 +30,4 @@ class TorchBackend(Backend):
                             eps)
 
 
-register_backend(TorchBackend())
+BACKEND = TorchBackend()

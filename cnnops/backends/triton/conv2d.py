@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cnnops.triton_kernels._launch import (INTERPRETED, accumulator_type, cdiv, configs,
+from cnnops.backends.triton._launch import (INTERPRETED, accumulator_type, cdiv, configs,
                                            dot_precision, kernel_op, launch)
 
 

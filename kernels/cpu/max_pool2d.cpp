@@ -170,7 +170,7 @@ void max_pool2d_forward_cpu(const T* input, T* output, int64_t* indices, const P
 // grad_input[p, indices[p, o]] += grad_output[p, o]. A thread owns whole planes (no atomics);
 // windows overlap when stride < kernel, so one input element may collect several outputs.
 template <typename T>
-void max_pool2d_backward_cpu(const T* grad_output, const int64_t* indices, T* grad_input,
+void max_pool2d_grad_input_cpu(const T* grad_output, const int64_t* indices, T* grad_input,
                              const Pool2dShape& s) {
   const int64_t out_plane = s.OH * s.OW, in_plane = s.H * s.W;
 #pragma omp parallel for schedule(static) if (s.planes * (out_plane + in_plane) > kParallelWork)
@@ -186,9 +186,9 @@ void max_pool2d_backward_cpu(const T* grad_output, const int64_t* indices, T* gr
 template void max_pool2d_forward_cpu<float>(const float*, float*, int64_t*, const Pool2dShape&);
 template void max_pool2d_forward_cpu<double>(const double*, double*, int64_t*,
                                              const Pool2dShape&);
-template void max_pool2d_backward_cpu<float>(const float*, const int64_t*, float*,
+template void max_pool2d_grad_input_cpu<float>(const float*, const int64_t*, float*,
                                              const Pool2dShape&);
-template void max_pool2d_backward_cpu<double>(const double*, const int64_t*, double*,
+template void max_pool2d_grad_input_cpu<double>(const double*, const int64_t*, double*,
                                               const Pool2dShape&);
 
 }  // namespace cnnops

@@ -1,7 +1,7 @@
 """Time cnnops' kernels against PyTorch's on this machine: a table, JSON and a PNG chart.
 
 Every distinct conv, pool and batch-norm layer of the book's eight models (see
-cnnops.catalogue) is run by each backend at a training batch size; each result is checked
+cnnops.tools.catalogue) is run by each backend at a training batch size; each result is checked
 against the torch backend's output before it is timed, and reported as a time, a rate, a speed-up
 over the torch backend timed in the same run (cuDNN on GPU, oneDNN on CPU; above 1 is faster),
 and a fraction of this device's roofline, whose two ceilings (copy bandwidth, arithmetic
@@ -22,8 +22,8 @@ import time
 import torch
 
 import cnnops
-from cnnops import catalogue, timing
-from cnnops.catalogue import Layer
+from cnnops.tools import catalogue, timing
+from cnnops.tools.catalogue import Layer
 
 # Backends that are loops or an interpreter on this device run only on layers under these
 # flops (Triton's interpreter runs each program instance in Python: slower still than loops).
@@ -56,7 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="comma list of models whose layers to time, or all (default)")
     parser.add_argument("--ops", type=_csv(catalogue.OPS), default=list(catalogue.OPS),
                         help="comma list of ops (default: all four)")
-    parser.add_argument("--backends", type=_csv(cnnops._backends.BACKEND_NAMES), default=None,
+    parser.add_argument("--backends", type=_csv(cnnops._dispatch.BACKEND_NAMES), default=None,
                         help="comma list; torch is always timed, as the baseline (default: "
                              "every available backend; reference only when named)")
     parser.add_argument("--dtypes", type=_csv(DTYPES), default=["float32"],
@@ -265,7 +265,7 @@ def add_roofline(rows, ceilings) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnops import bench_report
+    from cnnops.tools import report as bench_report
 
     device = torch.device(args.device or default_device())
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -3,7 +3,7 @@
 Without --fuzz: layers of the classic models at a small batch, one table row per op and
 backend (max relative error forward and backward, pass/fail). With --fuzz N --seed S: N random
 valid configurations per op (shapes, every option, dtypes, layouts, views); the first failing
-case is printed as a `Case(...)` that `cnnops.check.compare(case, backend)` replays in a test.
+case is printed as a `Case(...)` that `cnnops.tools.check.compare(case, backend)` replays in a test.
 Exit status 1 on any failure.
 """
 from __future__ import annotations
@@ -353,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"first failure of {op} on {backend}: forward {result.forward:.3g}, "
                       f"backward {result.backward:.3g}, tolerance {result.tolerance:g}"
                       f"{' - ' + result.error if result.error else ''}\n"
-                      f"  cnnops.check.compare({case!r}, {backend!r}, {str(device)!r})")
+                      f"  cnnops.tools.check.compare({case!r}, {backend!r}, {str(device)!r})")
     header = ["op", "backend", "cases", "passed", "max rel err fwd", "max rel err bwd", "result"]
     table = [header] + [[r[0], r[1], str(r[2]), str(r[3]), f"{r[4]:.2e}", f"{r[5]:.2e}", r[6]]
                         for r in rows]

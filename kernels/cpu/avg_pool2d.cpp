@@ -215,7 +215,7 @@ void avg_pool2d_forward_cpu(const T* input, T* output, const Pool2dShape& s,
 }
 
 template <typename T>
-void avg_pool2d_backward_cpu(const T* grad_output, T* grad_input, const Pool2dShape& s,
+void avg_pool2d_grad_input_cpu(const T* grad_output, T* grad_input, const Pool2dShape& s,
                              bool count_include_pad, int64_t divisor_override) {
   const ColumnWindows cols(s);
   const int64_t work = s.planes * s.OH * s.OW * s.kernel_h * s.kernel_w;
@@ -231,7 +231,7 @@ void avg_pool2d_backward_cpu(const T* grad_output, T* grad_input, const Pool2dSh
 
 #define CNNOPS_INSTANTIATE(T)                                                             \
   template void avg_pool2d_forward_cpu<T>(const T*, T*, const Pool2dShape&, bool, int64_t); \
-  template void avg_pool2d_backward_cpu<T>(const T*, T*, const Pool2dShape&, bool, int64_t);
+  template void avg_pool2d_grad_input_cpu<T>(const T*, T*, const Pool2dShape&, bool, int64_t);
 CNNOPS_INSTANTIATE(float)
 CNNOPS_INSTANTIATE(double)
 #undef CNNOPS_INSTANTIATE

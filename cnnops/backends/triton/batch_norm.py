@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
-from cnnops.triton_kernels._launch import (INTERPRETED, accumulator_type, cdiv, configs,
+from cnnops.backends.triton._launch import (INTERPRETED, accumulator_type, cdiv, configs,
                                            kernel_op, launch)
 
 # Tiles (rows of (n, l), channels): tall for (N, C, L) layouts, wide for channels-last.

@@ -457,7 +457,7 @@ CNNOPS_SIMD_CLONES void conv_weight_unit_cloned(const T* grad_output, const T* x
 // flipped and their channel axes swapped, so the forward kernel computes it. Otherwise each
 // grad_input plane is gathered by the thread that owns it (conv_input_plane_gather).
 template <typename T>
-void conv2d_backward_input_cpu(const T* grad_output, const T* weight, T* grad_input,
+void conv2d_grad_input_cpu(const T* grad_output, const T* weight, T* grad_input,
                                const Conv2dShape& s) {
   const int64_t cin_g = s.C_in / s.groups, cout_g = s.C_out / s.groups, taps = s.KH * s.KW;
   const int64_t pad_h = s.dil_h * (s.KH - 1) - s.pad_h, pad_w = s.dil_w * (s.KW - 1) - s.pad_w;
@@ -489,7 +489,7 @@ void conv2d_backward_input_cpu(const T* grad_output, const T* weight, T* grad_in
 // grad_weight[oc, icg, kh, kw] = sum over n, oh, ow of grad_output * the input under that tap.
 // A thread owns whole blocks of filters (conv_weight_block).
 template <typename T>
-void conv2d_backward_weight_cpu(const T* grad_output, const T* input, T* grad_weight,
+void conv2d_grad_weight_cpu(const T* grad_output, const T* input, T* grad_weight,
                                 const Conv2dShape& s) {
   PaddedInput<T> xpad;
   pad_input(input, s, xpad);
@@ -519,7 +519,7 @@ void conv2d_backward_weight_cpu(const T* grad_output, const T* input, T* grad_we
 }
 
 template <typename T>
-void conv2d_backward_bias_cpu(const T* grad_output, T* grad_bias, const Conv2dShape& s) {
+void conv2d_grad_bias_cpu(const T* grad_output, T* grad_bias, const Conv2dShape& s) {
   const int64_t plane = s.OH * s.OW;
 #pragma omp parallel for schedule(static) if (s.N * s.C_out * plane > kParallelWork)
   for (int64_t oc = 0; oc < s.C_out; ++oc) {
@@ -536,9 +536,9 @@ void conv2d_backward_bias_cpu(const T* grad_output, T* grad_bias, const Conv2dSh
 #define CNNOPS_INSTANTIATE(T)                                                               \
   template void conv2d_forward_cpu<T>(const T*, const T*, const T*, T*, const Conv2dShape&, \
                                       bool);                                                \
-  template void conv2d_backward_input_cpu<T>(const T*, const T*, T*, const Conv2dShape&);   \
-  template void conv2d_backward_weight_cpu<T>(const T*, const T*, T*, const Conv2dShape&);  \
-  template void conv2d_backward_bias_cpu<T>(const T*, T*, const Conv2dShape&);
+  template void conv2d_grad_input_cpu<T>(const T*, const T*, T*, const Conv2dShape&);   \
+  template void conv2d_grad_weight_cpu<T>(const T*, const T*, T*, const Conv2dShape&);  \
+  template void conv2d_grad_bias_cpu<T>(const T*, T*, const Conv2dShape&);
 CNNOPS_INSTANTIATE(float)
 CNNOPS_INSTANTIATE(double)
 #undef CNNOPS_INSTANTIATE

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
-from cnnops.triton_kernels._launch import (INTERPRETED, accumulator_type, cdiv, kernel_op,
+from cnnops.backends.triton._launch import (INTERPRETED, accumulator_type, cdiv, kernel_op,
                                            launch)
 
 BLOCK = 128 if INTERPRETED else 256  # elements per program: pooling is memory bound
@@ -250,8 +250,8 @@ def max_pool2d(x: torch.Tensor, kernel_size: list[int], stride: list[int], paddi
     return y, indices
 
 
-@kernel_op("cnnops_triton::max_pool2d_backward", mutates_args=())
-def max_pool2d_backward(grad: torch.Tensor, indices: torch.Tensor, input_hw: list[int],
+@kernel_op("cnnops_triton::max_pool2d_grad_input", mutates_args=())
+def max_pool2d_grad_input(grad: torch.Tensor, indices: torch.Tensor, input_hw: list[int],
                         kernel_size: list[int], stride: list[int], padding: list[int],
                         dilation: list[int]) -> torch.Tensor:
     """The gradient of max_pool2d with respect to its input of size input_hw."""
@@ -284,8 +284,8 @@ def avg_pool2d(x: torch.Tensor, kernel_size: list[int], stride: list[int], paddi
     return y
 
 
-@kernel_op("cnnops_triton::avg_pool2d_backward", mutates_args=())
-def avg_pool2d_backward(grad: torch.Tensor, input_hw: list[int], kernel_size: list[int],
+@kernel_op("cnnops_triton::avg_pool2d_grad_input", mutates_args=())
+def avg_pool2d_grad_input(grad: torch.Tensor, input_hw: list[int], kernel_size: list[int],
                         stride: list[int], padding: list[int], count_include_pad: bool,
                         divisor_override: int | None) -> torch.Tensor:
     """The gradient of avg_pool2d with respect to its input of size input_hw."""
@@ -311,7 +311,7 @@ def _max_setup_context(ctx, inputs, output):
 
 def _max_backward(ctx, grad, _grad_indices):
     (indices,) = ctx.saved_tensors
-    return max_pool2d_backward(grad, indices, *ctx.args), None, None, None, None, None
+    return max_pool2d_grad_input(grad, indices, *ctx.args), None, None, None, None, None
 
 
 def _avg_setup_context(ctx, inputs, output):
@@ -321,7 +321,7 @@ def _avg_setup_context(ctx, inputs, output):
 
 
 def _avg_backward(ctx, grad):
-    return avg_pool2d_backward(grad, *ctx.args), None, None, None, None, None, None
+    return avg_pool2d_grad_input(grad, *ctx.args), None, None, None, None, None, None
 
 
 max_pool2d.register_autograd(_max_backward, setup_context=_max_setup_context)

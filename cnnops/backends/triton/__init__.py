@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from cnnops._backends import Backend, BackendUnavailableError, register_backend
+from cnnops.backends import Backend, BackendUnavailableError
 
 MIN_TRITON = (3, 6)
 INSTALL_HINT = "pip install triton>=3.6"
@@ -61,7 +61,7 @@ def _interpret_requested() -> bool:
 
 def _kernels_interpreted() -> bool | None:
     """How the kernels were built, if they are loaded already (None: not yet)."""
-    launch = sys.modules.get("cnnops.triton_kernels._launch")
+    launch = sys.modules.get("cnnops.backends.triton._launch")
     return None if launch is None else launch.INTERPRETED
 
 
@@ -155,4 +155,4 @@ class TritonBackend(Backend):
         return bn.batch_norm(input, weight, bias, running_mean, running_var, False, float(eps))
 
 
-register_backend(TritonBackend())
+BACKEND = TritonBackend()

@@ -40,7 +40,7 @@ __global__ void max_pool2d_forward_kernel(const T* __restrict__ input, T* __rest
 }
 
 template <typename T>
-__global__ void max_pool2d_backward_kernel(const T* __restrict__ grad_output,
+__global__ void max_pool2d_grad_input_kernel(const T* __restrict__ grad_output,
                                            const int64_t* __restrict__ indices,
                                            T* __restrict__ grad_input, Pool2dShape s) {
   using A = acc_t<T>;
@@ -73,11 +73,11 @@ cudaError_t max_pool2d_forward_cuda(DType dtype, const void* input, void* output
   return cudaGetLastError();
 }
 
-cudaError_t max_pool2d_backward_cuda(DType dtype, const void* grad_output,
+cudaError_t max_pool2d_grad_input_cuda(DType dtype, const void* grad_output,
                                      const int64_t* indices, void* grad_input,
                                      const Pool2dShape& s, cudaStream_t stream) {
   CNNOPS_CUDA_DISPATCH(dtype, {
-    max_pool2d_backward_kernel<T><<<blocks_for(s.planes * s.H * s.W), kThreads, 0, stream>>>(
+    max_pool2d_grad_input_kernel<T><<<blocks_for(s.planes * s.H * s.W), kThreads, 0, stream>>>(
         static_cast<const T*>(grad_output), indices, static_cast<T*>(grad_input), s);
   })
   return cudaGetLastError();
