@@ -85,16 +85,33 @@ def _dtype_error(device, dtype, name):
                      f"backends that take it here: {takers}")
 
 
-def resolve(name, device: torch.device, dtype: torch.dtype, op: str) -> Backend:
-    """The backend that runs `op` with tensors of `dtype` on `device`."""
+def _usable(backend: Backend, op: str, device, dtype, tensors, output_numel) -> str | None:
+    """None when `backend` can run this call, else why not."""
+    reason = backend.unavailable_reason(device)
+    if reason is None and not backend.implements(op):
+        reason = f"it has no {op}"
+    if reason is None and not backend.supports_dtype(device, dtype):
+        reason = f"it does not support dtype {dtype} on {device.type}"
+    if reason is None:
+        reason = backend.refuses(op, tensors, output_numel)
+    return reason
+
+
+def resolve(name, op: str, tensors: dict, output_numel: int) -> Backend:
+    """The backend that runs `op` on `tensors` (name -> tensor or None; "input" first).
+
+    "auto" takes the first usable backend of AUTO_ORDER for the input's device (torch when
+    none is); a named backend that cannot run the call raises BackendUnavailableError, or
+    TypeError when only the dtype is the problem.
+    """
     name = check_backend_name(name)
     registry = _load()
+    input = tensors["input"]
+    device, dtype = input.device, input.dtype
     if name == "auto":
         for candidate in AUTO_ORDER.get(device.type, ("torch",)):
-            b = registry[candidate]
-            if (b.unavailable_reason(device) is None and b.implements(op)
-                    and b.supports_dtype(device, dtype)):
-                return b
+            if _usable(registry[candidate], op, device, dtype, tensors, output_numel) is None:
+                return registry[candidate]
         return registry["torch"]
     backend = registry[name]
     reason = backend.unavailable_reason(device)
@@ -107,4 +124,12 @@ def resolve(name, device: torch.device, dtype: torch.dtype, op: str) -> Backend:
                                       f"here: {others}")
     if not backend.supports_dtype(device, dtype):
         raise _dtype_error(device, dtype, name)
+    reason = backend.refuses(op, tensors, output_numel)
+    if reason is not None:
+        raise BackendUnavailableError(f"backend {name!r} cannot run this {op}: {reason}")
     return backend
+
+
+def dispatch(op: str, name, args: tuple, tensors: dict, output_numel: int):
+    """Runs `op` with validated, normalised `args` on the backend `name` resolves to."""
+    return getattr(resolve(name, op, tensors, output_numel), op)(*args)

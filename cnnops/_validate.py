@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import torch
 
+from cnnops.shapes import output_size
+
 
 def pair(name: str, value, *, minimum: int | None = None) -> tuple[int, int]:
     """int or a sequence of one or two ints -> (int, int), as torch.nn.modules.utils._pair."""
@@ -57,20 +59,6 @@ def check_spatial_input(name: str, input) -> torch.Tensor:
     return input if input.dim() == 4 else input.unsqueeze(0)
 
 
-def _window_output(size: int, kernel: int, stride: int, pad_total: int, dilation: int,
-                   ceil_mode: bool = False, pad_before: int = 0) -> int:
-    """One spatial output size; PyTorch's pooling_output_shape when ceil_mode is on."""
-    span = size + pad_total - dilation * (kernel - 1) - 1
-    if span < 0 and not ceil_mode:
-        return 0
-    # floor division (PyTorch's div_rtn): with ceil_mode a window may overhang the input
-    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    # ceil_mode: the last window must start inside the input or its left padding
-    if ceil_mode and (out - 1) * stride >= size + pad_before:
-        out -= 1
-    return out
-
-
 def same_padding(kernel_size, dilation) -> tuple[tuple[int, int], tuple[int, int]]:
     """padding="same": (symmetric padding, extra bottom/right padding), as PyTorch splits it."""
     total = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
@@ -96,7 +84,7 @@ def conv2d_geometry(input_hw, kernel_size, stride, padding, dilation):
             raise ValueError(f"padding must be 'same', 'valid', an int or a pair, got {padding!r}")
     else:
         padding = pair("padding", padding, minimum=0)
-    out = tuple(_window_output(n, k, s, 2 * p + e, d)
+    out = tuple(output_size(n, k, s, p, d, extra_padding=e)
                 for n, k, s, p, e, d in zip((h, w), kernel_size, stride, padding, extra, dilation))
     if min(out) < 1:
         raise ValueError(f"kernel_size={kernel_size} with dilation={dilation} is larger than the "
@@ -115,7 +103,7 @@ def pool2d_geometry(input_hw, kernel_size, stride, padding, dilation, ceil_mode)
     dilation = pair("dilation", dilation, minimum=1)
     if padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
         raise ValueError(f"padding={padding} must be at most half of kernel_size={kernel_size}")
-    out = tuple(_window_output(n, k, s, 2 * p, d, bool(ceil_mode), p)
+    out = tuple(output_size(n, k, s, p, d, bool(ceil_mode))
                 for n, k, s, p, d in zip((h, w), kernel_size, stride, padding, dilation))
     if min(out) < 1:
         raise ValueError(f"kernel_size={kernel_size} with dilation={dilation} is larger than the "

@@ -6,7 +6,8 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 from cnnops import _validate
-from cnnops._dispatch import resolve
+from cnnops._dispatch import dispatch
+from cnnops.shapes import conv2d_output_hw, pool2d_output_hw
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:
@@ -26,14 +27,26 @@ def _finish(out: torch.Tensor, memory_format, unbatched: bool) -> torch.Tensor:
     return out.squeeze(0) if unbatched else out
 
 
+def _pool_numel(call) -> int:
+    n, c, h, w = call.input.shape
+    out_h, out_w = pool2d_output_hw((h, w), call.kernel_size, call.stride, call.padding,
+                                    call.dilation, call.ceil_mode)
+    return n * c * out_h * out_w
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
            backend=None, activation=None):
     """`torch.nn.functional.conv2d`, plus `activation=None | "relu"` fused after the bias."""
     call = _validate.conv2d_args(input, weight, bias, stride, padding, dilation, groups,
                                  activation)
-    impl = resolve(backend, input.device, input.dtype, "conv2d")
-    out = impl.conv2d(call.input, call.weight, call.bias, call.stride, call.padding,
-                      call.dilation, call.groups, call.activation)
+    x = call.input
+    out_hw = conv2d_output_hw(x.shape[-2:], call.weight.shape[-2:], call.stride, call.padding,
+                              call.dilation)
+    out = dispatch("conv2d", backend,
+                   (x, call.weight, call.bias, call.stride, call.padding, call.dilation,
+                    call.groups, call.activation),
+                   {"input": x, "weight": call.weight, "bias": call.bias},
+                   x.shape[0] * call.weight.shape[0] * out_hw[0] * out_hw[1])
     return _finish(out, _conv_memory_format(input, weight), call.unbatched)
 
 
@@ -41,9 +54,10 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
                return_indices=False, *, backend=None):
     """`torch.nn.functional.max_pool2d`; indices are flat h * W + w per plane, int64."""
     call = _validate.pool2d_args(input, kernel_size, stride, padding, dilation, ceil_mode)
-    impl = resolve(backend, input.device, input.dtype, "max_pool2d")
-    out, indices = impl.max_pool2d(call.input, call.kernel_size, call.stride, call.padding,
-                                   call.dilation, call.ceil_mode)
+    out, indices = dispatch("max_pool2d", backend,
+                            (call.input, call.kernel_size, call.stride, call.padding,
+                             call.dilation, call.ceil_mode),
+                            {"input": call.input}, _pool_numel(call))
     fmt = _memory_format(input)
     out = _finish(out, fmt, call.unbatched)
     return (out, _finish(indices, fmt, call.unbatched)) if return_indices else out
@@ -54,9 +68,10 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     """`torch.nn.functional.avg_pool2d`."""
     call = _validate.pool2d_args(input, kernel_size, stride, padding, 1, ceil_mode)
     divisor_override = _validate.divisor_override_arg(divisor_override)
-    impl = resolve(backend, input.device, input.dtype, "avg_pool2d")
-    out = impl.avg_pool2d(call.input, call.kernel_size, call.stride, call.padding,
-                          call.ceil_mode, bool(count_include_pad), divisor_override)
+    out = dispatch("avg_pool2d", backend,
+                   (call.input, call.kernel_size, call.stride, call.padding, call.ceil_mode,
+                    bool(count_include_pad), divisor_override),
+                   {"input": call.input}, _pool_numel(call))
     return _finish(out, _memory_format(input), call.unbatched)
 
 
@@ -65,7 +80,9 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """`torch.nn.functional.batch_norm` on (N, C), (N, C, L) or (N, C, H, W) input."""
     momentum, eps = _validate.batch_norm_args(input, running_mean, running_var, weight, bias,
                                               training, momentum, eps)
-    impl = resolve(backend, input.device, input.dtype, "batch_norm")
-    out = impl.batch_norm(input, running_mean, running_var, weight, bias, bool(training),
-                          momentum, eps)
+    out = dispatch("batch_norm", backend,
+                   (input, running_mean, running_var, weight, bias, bool(training), momentum,
+                    eps),
+                   {"input": input, "running_mean": running_mean, "running_var": running_var,
+                    "weight": weight, "bias": bias}, input.numel())
     return out.contiguous(memory_format=_memory_format(input))

@@ -85,3 +85,22 @@ class BatchNorm1d(_BatchNormForward, nn.BatchNorm1d):
     def __init__(self, *args, backend=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = backend
+
+
+class GlobalAvgPool2d(nn.Module):
+    """Averages each channel over the whole map: `nn.AdaptiveAvgPool2d((1, 1))` on cnnops.
+
+    The book's NiN, GoogLeNet, ResNet and DenseNet end with `nn.AdaptiveAvgPool2d((1, 1))`;
+    for an output of one cell that is an average pool whose window is the input's H x W.
+    """
+
+    def __init__(self, backend=None):
+        super().__init__()
+        self.backend = backend
+
+    def forward(self, input):
+        return functional.avg_pool2d(input, kernel_size=tuple(input.shape[-2:]),
+                                     backend=self.backend)
+
+    def extra_repr(self):
+        return f"backend={self.backend!r}"

@@ -24,6 +24,8 @@ the batch and the channels), and autograd through the loops is the backward.
 import torch
 from torch import nn
 
+from cnnops.shapes import output_size
+
 # ---------------------------------------------------------------------------------------------
 # Part one: the book
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +175,7 @@ def corr2d_batch(X, K, stride=(1, 1), dilation=(1, 1)):
     c_o, _, k_h, k_w = K.shape
     (s_h, s_w), (d_h, d_w) = stride, dilation
     span_h, span_w = d_h * (k_h - 1) + 1, d_w * (k_w - 1) + 1  # the dilated window
-    Y = X.new_zeros((n, c_o, (h - span_h) // s_h + 1, (w - span_w) // s_w + 1))
+    Y = X.new_zeros((n, c_o, output_size(h, k_h, s_h, 0, d_h), output_size(w, k_w, s_w, 0, d_w)))
     for i in range(Y.shape[2]):
         for j in range(Y.shape[3]):
             window = X[:, :, i * s_h:i * s_h + span_h:d_h, j * s_w:j * s_w + span_w:d_w]
@@ -201,16 +203,6 @@ def conv2d(X, K, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), grou
     return Y.to(dtype)
 
 
-def pool2d_output_size(size, kernel, stride, padding, dilation=1, ceil_mode=False):
-    """One output size of pooling: floor((n + 2p - d(k - 1) - 1) / s) + 1, or PyTorch's
-    ceil_mode: round up, but drop a last window that would start in the right padding."""
-    span = size + 2 * padding - dilation * (kernel - 1) - 1
-    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
-
-
 def max_pool2d(X, kernel_size, stride, padding=(0, 0), dilation=(1, 1), ceil_mode=False):
     """pool2d "max" (d2l 6.5) as `F.max_pool2d(..., return_indices=True)`: (Y, indices).
 
@@ -220,8 +212,8 @@ def max_pool2d(X, kernel_size, stride, padding=(0, 0), dilation=(1, 1), ceil_mod
     """
     n, c, h, w = X.shape
     (k_h, k_w), (s_h, s_w), (p_h, p_w), (d_h, d_w) = kernel_size, stride, padding, dilation
-    out_h = pool2d_output_size(h, k_h, s_h, p_h, d_h, ceil_mode)
-    out_w = pool2d_output_size(w, k_w, s_w, p_w, d_w, ceil_mode)
+    out_h = output_size(h, k_h, s_h, p_h, d_h, ceil_mode)
+    out_w = output_size(w, k_w, s_w, p_w, d_w, ceil_mode)
     Y = X.new_zeros((n, c, out_h, out_w))
     indices = torch.zeros((n, c, out_h, out_w), dtype=torch.int64, device=X.device)
     for i in range(out_h):
@@ -273,8 +265,8 @@ def avg_pool2d(X, kernel_size, stride, padding=(0, 0), ceil_mode=False, count_in
     (k_h, k_w), (s_h, s_w), (p_h, p_w) = kernel_size, stride, padding
     dtype = X.dtype
     X = X.to(_compute_dtype(dtype))
-    Y = X.new_zeros((n, c, pool2d_output_size(h, k_h, s_h, p_h, 1, ceil_mode),
-                     pool2d_output_size(w, k_w, s_w, p_w, 1, ceil_mode)))
+    Y = X.new_zeros((n, c, output_size(h, k_h, s_h, p_h, 1, ceil_mode),
+                     output_size(w, k_w, s_w, p_w, 1, ceil_mode)))
     for i in range(Y.shape[2]):
         h0 = i * s_h - p_h
         h1 = min(h0 + k_h, h + p_h)

@@ -3,7 +3,6 @@ import torch
 from torch import nn
 
 from cnnops import nn as cnn
-from ._common import GlobalAvgPool2d
 
 
 def conv_block(in_channels, out_channels, backend=None):
@@ -59,5 +58,5 @@ def densenet(num_classes=10, in_channels=1, backend=None, growth_rate=32,
     return nn.Sequential(
         b1, *blocks,
         cnn.BatchNorm2d(num_channels, backend=backend), nn.ReLU(),
-        GlobalAvgPool2d(backend=backend), nn.Flatten(),
+        cnn.GlobalAvgPool2d(backend=backend), nn.Flatten(),
         nn.Linear(num_channels, num_classes))

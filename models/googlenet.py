@@ -4,7 +4,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnops import nn as cnn
-from ._common import GlobalAvgPool2d
 
 
 class Inception(nn.Module):
@@ -59,5 +58,5 @@ def googlenet(num_classes=10, in_channels=1, backend=None):
     stage5 = nn.Sequential(
         Inception(832, 256, (160, 320), (32, 128), 128, backend=b),
         Inception(832, 384, (192, 384), (48, 128), 128, backend=b),
-        GlobalAvgPool2d(backend=b), nn.Flatten())
+        cnn.GlobalAvgPool2d(backend=b), nn.Flatten())
     return nn.Sequential(stage1, stage2, stage3, stage4, stage5, nn.Linear(1024, num_classes))

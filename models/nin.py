@@ -2,7 +2,6 @@
 from torch import nn
 
 from cnnops import nn as cnn
-from ._common import GlobalAvgPool2d
 
 
 def nin_block(in_channels, out_channels, kernel_size, stride, padding, backend=None):
@@ -30,6 +29,6 @@ def nin(num_classes=10, in_channels=1, backend=None, dropout=0.5):
         cnn.MaxPool2d(3, stride=2, backend=backend),
         nn.Dropout(dropout),
         nin_block(384, num_classes, kernel_size=3, stride=1, padding=1, backend=backend),
-        GlobalAvgPool2d(backend=backend),
+        cnn.GlobalAvgPool2d(backend=backend),
         nn.Flatten(),
     )

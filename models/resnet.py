@@ -3,7 +3,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnops import nn as cnn
-from ._common import GlobalAvgPool2d
 
 
 class Residual(nn.Module):
@@ -57,5 +56,5 @@ def resnet18(num_classes=10, in_channels=1, backend=None):
     b3 = resnet_block(64, 128, 2, backend=backend)
     b4 = resnet_block(128, 256, 2, backend=backend)
     b5 = resnet_block(256, 512, 2, backend=backend)
-    return nn.Sequential(b1, b2, b3, b4, b5, GlobalAvgPool2d(backend=backend), nn.Flatten(),
+    return nn.Sequential(b1, b2, b3, b4, b5, cnn.GlobalAvgPool2d(backend=backend), nn.Flatten(),
                          nn.Linear(512, num_classes))

@@ -7,7 +7,7 @@ import cnnops
 from cnnops import nn as cnn
 from cnnops.models import INPUT_SIZES, MODELS, alexnet, densenet, googlenet, lenet, lenet_bn
 from cnnops.models import nin, resnet18, vgg11
-from cnnops.models._common import GlobalAvgPool2d
+from cnnops.nn import GlobalAvgPool2d
 from cnnops.models.densenet import DenseBlock, transition_block
 from cnnops.models.googlenet import Inception
 from cnnops.models.resnet import Residual

@@ -19,6 +19,7 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 from cnnops.backends import Backend
+from cnnops.shapes import conv2d_output_hw, pool2d_output_hw
 
 try:
     import cnnops._C as _C
@@ -89,19 +90,9 @@ BACKEND = NativeBackend()
 ops = torch.ops.cnnops
 
 
-def _out_size(size, kernel, stride, pad, dilation, ceil_mode=False):
-    """One spatial output size, as index_math.h's output_size (SymInt-friendly)."""
-    span = size + 2 * pad - dilation * (kernel - 1) - 1
-    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + pad:
-        out = out - 1
-    return out
-
-
 def _pool_out_shape(input, kernel_size, stride, padding, dilation, ceil_mode):
     n, c, h, w = input.shape
-    return (n, c, _out_size(h, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode),
-            _out_size(w, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode))
+    return (n, c, *pool2d_output_hw((h, w), kernel_size, stride, padding, dilation, ceil_mode))
 
 
 # ---- fakes ----------------------------------------------------------------------------------
@@ -110,8 +101,7 @@ def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, relu=Fa
     n, _, h, w = input.shape
     kh, kw = weight.shape[2:]
     return input.new_empty((n, weight.shape[0],
-                            _out_size(h, kh, stride[0], padding[0], dilation[0]),
-                            _out_size(w, kw, stride[1], padding[1], dilation[1])))
+                            *conv2d_output_hw((h, w), (kh, kw), stride, padding, dilation)))
 
 
 def _conv2d_backward_input_fake(grad_output, input, weight, stride, padding, dilation, groups):

@@ -29,7 +29,7 @@ from cnnops.tools import data as datasets
 from cnnops import nn as cnn
 from cnnops._dispatch import BACKEND_NAMES, resolve
 from cnnops.models import MODELS
-from cnnops.models._common import GlobalAvgPool2d
+from cnnops.nn import GlobalAvgPool2d
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,8 @@ def resolved_backends(model: nn.Module, name: str, device: torch.device) -> dict
            GlobalAvgPool2d: "avg_pool2d", cnn.BatchNorm1d: "batch_norm",
            cnn.BatchNorm2d: "batch_norm"}
     used = sorted({op for m in model.modules() for cls, op in ops.items() if isinstance(m, cls)})
-    return {op: resolve(name, device, torch.float32, op).name for op in used}
+    probe = {"input": torch.empty(0, device=device)}
+    return {op: resolve(name, op, probe, 0).name for op in used}
 
 
 def execute(args: argparse.Namespace) -> tuple[dict, nn.Module]:

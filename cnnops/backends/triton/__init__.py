@@ -87,13 +87,6 @@ def ops():
 INT32_LIMIT = 2**31
 
 
-def _check_offsets(**sizes: int) -> None:
-    """The kernels address memory with int32 offsets: refuse tensors that would overflow them."""
-    for name, size in sizes.items():
-        if size >= INT32_LIMIT:
-            raise BackendUnavailableError(
-                f"the Triton kernels take tensors of fewer than 2**31 elements, but {name} has "
-                f"{size}; use backend='native' (int64 indexing) or 'torch'")
 
 
 class TritonBackend(Backend):
@@ -124,28 +117,34 @@ class TritonBackend(Backend):
             return None
         return f"Triton runs on CUDA tensors, not on {device.type}"
 
+    def refuses(self, op, tensors, output_numel):
+        """The kernels address memory with int32 offsets: tensors of 2**31 elements or more
+        would overflow them (auto then moves on to native or torch)."""
+        sizes = {name: t.numel() for name, t in tensors.items() if t is not None}
+        sizes["output"] = output_numel
+        for name, size in sizes.items():
+            if size >= INT32_LIMIT:
+                return (f"the Triton kernels take tensors of fewer than 2**31 elements, but "
+                        f"{name} has {size}; use backend='native' (int64 indexing) or 'torch'")
+        return None
+
     def conv2d(self, input, weight, bias, stride, padding, dilation, groups, activation):
         n, _, h, w = input.shape
-        _check_offsets(input=input.numel(), weight=weight.numel(),  # output: an upper bound
-                       output=n * weight.shape[0] * (h + 2 * padding[0]) * (w + 2 * padding[1]))
         return ops().conv2d.conv2d(input, weight, bias, list(stride), list(padding),
                                    list(dilation), groups, activation == "relu")
 
     def max_pool2d(self, input, kernel_size, stride, padding, dilation, ceil_mode):
-        _check_offsets(input=input.numel())
         return ops().pool2d.max_pool2d(input, list(kernel_size), list(stride), list(padding),
                                        list(dilation), bool(ceil_mode))
 
     def avg_pool2d(self, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                    divisor_override):
-        _check_offsets(input=input.numel())
         return ops().pool2d.avg_pool2d(input, list(kernel_size), list(stride), list(padding),
                                        bool(ceil_mode), bool(count_include_pad),
                                        divisor_override)
 
     def batch_norm(self, input, running_mean, running_var, weight, bias, training, momentum,
                    eps):
-        _check_offsets(input=input.numel())
         bn = ops().batch_norm
         if training:
             # the statistics op is not differentiable; batch_norm's backward covers them

@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from cnnops.shapes import conv2d_output_hw
 from cnnops.backends.triton._launch import (INTERPRETED, accumulator_type, cdiv, configs,
                                            dot_precision, kernel_op, launch)
 
@@ -283,11 +284,6 @@ def conv2d_grad_weight_kernel(
             tl.store(db_ptr + split * C_OUT + group * C_OUT_G + ks, bias_acc, mask=k_ok)
 
 
-def _geometry(x_hw, w_rs, stride, padding, dilation):
-    return tuple((n + 2 * pd - dl * (k - 1) - 1) // st + 1
-                 for n, k, st, pd, dl in zip(x_hw, w_rs, stride, padding, dilation))
-
-
 def _split_k(pixels: int, tiles: int, device: torch.device) -> int:
     """How many chunks the grad-weight reduction over N*P*Q is cut into.
 
@@ -307,7 +303,7 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
     """F.conv2d (then F.relu when `relu`), output channels-last."""
     n_batch, c_in, h_in, w_in = x.shape
     c_out, c_in_g, r, s = weight.shape
-    p_out, q_out = _geometry((h_in, w_in), (r, s), stride, padding, dilation)
+    p_out, q_out = conv2d_output_hw((h_in, w_in), (r, s), stride, padding, dilation)
     w_cl = weight.permute(0, 2, 3, 1).contiguous()  # (C_out, R, S, C_in/G)
     y = torch.empty((n_batch, c_out, p_out, q_out), dtype=x.dtype, device=x.device,
                     memory_format=torch.channels_last)

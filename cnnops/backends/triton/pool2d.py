@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
+from cnnops.shapes import pool2d_output_hw
 from cnnops.backends.triton._launch import (INTERPRETED, accumulator_type, cdiv, kernel_op,
                                            launch)
 
@@ -214,15 +215,6 @@ def avg_pool2d_bwd_kernel(
              acc.to(dx_ptr.dtype.element_ty), mask=ok)
 
 
-def _out_size(size, kernel, stride, pad, dilation, ceil_mode):
-    """PyTorch's pooling_output_shape (the last window must start inside input or left pad)."""
-    span = size + 2 * pad - dilation * (kernel - 1) - 1
-    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
-
-
 def _empty_like_format(x: torch.Tensor, shape) -> torch.Tensor:
     return torch.empty(shape, dtype=x.dtype, device=x.device,
                        memory_format=suggest_memory_format(x))
@@ -237,8 +229,7 @@ def max_pool2d(x: torch.Tensor, kernel_size: list[int], stride: list[int], paddi
                dilation: list[int], ceil_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(F.max_pool2d output, int64 indices h*W + w), both in the input's memory format."""
     n_batch, c, h, w = x.shape
-    p_out, q_out = (_out_size(*a, ceil_mode) for a in zip((h, w), kernel_size, stride, padding,
-                                                            dilation))
+    p_out, q_out = pool2d_output_hw((h, w), kernel_size, stride, padding, dilation, ceil_mode)
     y = _empty_like_format(x, (n_batch, c, p_out, q_out))
     indices = torch.empty(y.shape, dtype=torch.int64, device=x.device,
                           memory_format=suggest_memory_format(x))
@@ -272,8 +263,7 @@ def avg_pool2d(x: torch.Tensor, kernel_size: list[int], stride: list[int], paddi
                divisor_override: int | None) -> torch.Tensor:
     """F.avg_pool2d, output in the input's memory format."""
     n_batch, c, h, w = x.shape
-    p_out, q_out = (_out_size(*a, 1, ceil_mode) for a in zip((h, w), kernel_size, stride,
-                                                               padding))
+    p_out, q_out = pool2d_output_hw((h, w), kernel_size, stride, padding, (1, 1), ceil_mode)
     y = _empty_like_format(x, (n_batch, c, p_out, q_out))
     total = y.numel()
     launch(avg_pool2d_fwd_kernel, (cdiv(total, BLOCK),), x, y,
