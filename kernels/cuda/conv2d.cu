@@ -73,8 +73,13 @@ TiledGeometry tiled_geometry(const Conv2dShape& s, size_t acc_bytes) {
   return t;
 }
 
+// Launch bounds: kTile * kTile threads and at least 2 blocks per SM. With the bare
+// __launch_bounds__(256) ptxas capped the kernel at 64 registers and spilled the kOcPerBlock
+// accumulators and 64-bit indices to local memory (nvcc -arch=sm_90 -Xptxas -v: 32-60 bytes of
+// spill stores); with a floor of 2 blocks it may use up to 128 (it takes 112-116, no spills),
+// and 2 x 256 x 128 registers still fit the SM's 64K.
 template <typename T>
-__global__ void __launch_bounds__(kTile * kTile)
+__global__ void __launch_bounds__(kTile * kTile, 2)
 conv2d_tiled_kernel(const T* __restrict__ input, const T* __restrict__ weight,
                     const T* __restrict__ bias, T* __restrict__ output, Conv2dShape s,
                     bool relu, TiledGeometry t) {
