@@ -203,33 +203,70 @@ def divisor_override_arg(divisor_override):
     return divisor_override
 
 
+_REDUCED = (torch.float16, torch.bfloat16)
+
+
+def batch_norm_layer_input(layer: str, input, dims: tuple[int, ...]) -> None:
+    """The input rank a BatchNorm layer takes (torch.nn's `_check_input_dim`, raised here)."""
+    check_float_tensor("input", input)
+    if input.dim() not in dims:
+        expected = " or ".join(f"{d}-D" for d in dims)
+        raise ValueError(f"{layer} expects {expected} input, got {input.dim()}-D input of "
+                         f"shape {tuple(input.shape)}")
+
+
 def batch_norm_args(input, running_mean, running_var, weight, bias, training, momentum, eps):
+    """Checks `F.batch_norm`'s arguments as torch does on the CPU; returns (momentum, eps)."""
     check_float_tensor("input", input)
     if input.dim() < 2:
         raise ValueError(f"input must be (N, C, *) with at least 2 dims, got shape "
                          f"{tuple(input.shape)}")
     c = input.shape[1]
-    for name, t in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
-        if t is None:
-            continue
+    given = [(name, t) for name, t in (("running_mean", running_mean),
+                                       ("running_var", running_var),
+                                       ("weight", weight), ("bias", bias)) if t is not None]
+    for name, t in given:
         check_float_tensor(name, t)
         if t.device != input.device:
             raise RuntimeError(f"{name} is on {t.device} but input is on {input.device}")
         if tuple(t.shape) != (c,):
             raise ValueError(f"{name} must have shape ({c},) for input with {c} channels, "
                              f"got {tuple(t.shape)}")
+    # torch's dtype rule (ATen's batch_norm_cpu mixed-type check): the per-channel tensors
+    # share one dtype, the input's, or float32 for a float16 / bfloat16 input (mixed
+    # precision, the output keeps the input's dtype). Anything else is a TypeError here, so
+    # every backend refuses alike instead of computing in the wider dtype.
+    if given:
+        first_name, first = given[0]
+        for name, t in given[1:]:
+            if t.dtype != first.dtype:
+                raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has dtype "
+                                f"{first.dtype}; weight, bias and the running stats must "
+                                f"share one dtype")
+        allowed = (input.dtype, torch.float32) if input.dtype in _REDUCED else (input.dtype,)
+        if first.dtype not in allowed:
+            names = ", ".join(name for name, _ in given)
+            raise TypeError(f"{names} have dtype {first.dtype} but input has dtype "
+                            f"{input.dtype}; expected {' or '.join(map(str, allowed))}")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together, got "
                          f"running_mean={'None' if running_mean is None else 'tensor'}, "
                          f"running_var={'None' if running_var is None else 'tensor'}")
     if not training and running_mean is None:
         raise ValueError("running_mean and running_var must be given when training=False")
-    if training and c and input.numel() // c <= 1:
+    # torch's _verify_batch_size: one value per channel has no variance. An empty batch is
+    # fine (torch returns an empty output and leaves the running stats alone).
+    values_per_channel = input.shape[0] * math.prod(input.shape[2:])
+    if training and values_per_channel == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input "
                          f"of shape {tuple(input.shape)}")
     if not isinstance(momentum, (int, float)) or isinstance(momentum, bool):
         raise TypeError(f"momentum must be a float, got {momentum!r}")
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0 or math.isinf(eps):
-        raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool):
+        raise TypeError(f"eps must be a float, got {eps!r}")
+    # torch: eps > 0 in training (eps = 0 divides a constant channel by zero), >= 0 in eval
+    if training and not eps > 0:
+        raise ValueError(f"batch_norm eps must be positive during training, got eps={eps!r}")
+    if not eps >= 0:
+        raise ValueError(f"batch_norm eps must be non-negative, got eps={eps!r}")
     return float(momentum), float(eps)

@@ -6,7 +6,7 @@ keyword `backend=None` (None: the current default, see `cnnops.use_backend`).
 import torch.nn.functional as F
 from torch import nn
 
-from cnnops import functional
+from cnnops import _validate, functional
 
 
 class Conv2d(nn.Conv2d):
@@ -57,8 +57,10 @@ class AvgPool2d(nn.AvgPool2d):
 class _BatchNormForward:
     """torch.nn.modules.batchnorm._BatchNorm.forward, with cnnops.batch_norm as the op."""
 
+    _DIMS: tuple[int, ...] = ()  # the input ranks the layer takes
+
     def forward(self, input):
-        self._check_input_dim(input)
+        _validate.batch_norm_layer_input(type(self).__name__, input, self._DIMS)
         # momentum=None: cumulative moving average, as torch.nn
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
@@ -76,12 +78,16 @@ class _BatchNormForward:
 
 
 class BatchNorm2d(_BatchNormForward, nn.BatchNorm2d):
+    _DIMS = (4,)
+
     def __init__(self, *args, backend=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = backend
 
 
 class BatchNorm1d(_BatchNormForward, nn.BatchNorm1d):
+    _DIMS = (2, 3)
+
     def __init__(self, *args, backend=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = backend

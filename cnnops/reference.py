@@ -289,34 +289,40 @@ def avg_pool2d(X, kernel_size, stride, padding=(0, 0), ceil_mode=False, count_in
 
 def batch_norm_general(X, running_mean, running_var, weight, bias, training, momentum, eps):
     """`F.batch_norm` on (N, C), (N, C, L) or (N, C, H, W) input: the book's batch_norm with
-    PyTorch's semantics.
+    PyTorch's semantics. Returns (Y, new_running_mean, new_running_var).
 
     Unlike the book: `training` is an argument; `momentum` weights the NEW batch statistic,
-    running = (1 - momentum) * running + momentum * batch, updated in place; the running
-    variance takes the unbiased batch variance (the normalisation uses the biased one, as the
-    book); weight, bias and the running statistics may be None.
+    new = (1 - momentum) * running + momentum * batch, with the unbiased batch variance (the
+    normalisation uses the biased one, as the book); weight, bias and the running statistics
+    may be None. Functional, like every backend's op: nothing is updated in place; the new
+    running statistics are None when there is nothing to update (eval, no running stats, or
+    an empty batch, which torch also leaves alone).
     """
     dtype = X.dtype
     X = X.to(_compute_dtype(dtype))
     c = X.shape[1]
     shape = (1, c) + (1,) * (X.dim() - 2)  # per channel, broadcast over the rest
-    if training:
-        dims = [0] + list(range(2, X.dim()))
-        mean = X.mean(dim=dims, keepdim=True)
-        var = ((X - mean) ** 2).mean(dim=dims, keepdim=True)
-        if running_mean is not None:
-            count = X.numel() // c
-            with torch.no_grad():
-                batch_mean = mean.reshape(c).to(running_mean.dtype)
-                unbiased_var = (var.reshape(c) * count / (count - 1)).to(running_var.dtype)
-                running_mean.mul_(1 - momentum).add_(momentum * batch_mean)
-                running_var.mul_(1 - momentum).add_(momentum * unbiased_var)
+    count = X.numel() // c if c else 0  # values per channel
+    new_mean = new_var = None
+    if training and count == 0:
+        Y = X  # an empty batch: an empty output (weight and bias still get zero gradients)
     else:
-        mean = running_mean.to(X.dtype).reshape(shape)
-        var = running_var.to(X.dtype).reshape(shape)
-    Y = (X - mean) / torch.sqrt(var + eps)
+        if training:
+            dims = [0] + list(range(2, X.dim()))
+            mean = X.mean(dim=dims, keepdim=True)
+            var = ((X - mean) ** 2).mean(dim=dims, keepdim=True)
+            if running_mean is not None:
+                with torch.no_grad():
+                    batch_mean = mean.reshape(c).to(running_mean.dtype)
+                    unbiased_var = (var.reshape(c) * count / (count - 1)).to(running_var.dtype)
+                    new_mean = (1 - momentum) * running_mean + momentum * batch_mean
+                    new_var = (1 - momentum) * running_var + momentum * unbiased_var
+        else:
+            mean = running_mean.to(X.dtype).reshape(shape)
+            var = running_var.to(X.dtype).reshape(shape)
+        Y = (X - mean) / torch.sqrt(var + eps)
     if weight is not None:
         Y = Y * weight.to(X.dtype).reshape(shape)
     if bias is not None:
         Y = Y + bias.to(X.dtype).reshape(shape)
-    return Y.to(dtype)
+    return Y.to(dtype), new_mean, new_var

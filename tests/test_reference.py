@@ -386,11 +386,14 @@ def test_batch_norm_training_matches_torch_and_updates_running_stats(shape, affi
     w, b = (randn(c, seed=41), randn(c, seed=42)) if affine else (None, None)
     stats = [randn(c, seed=43, requires_grad=False), randn(c, seed=44, requires_grad=False).abs()]
     torch_stats = [s.clone() for s in stats]
-    got = R.batch_norm_general(x, *stats, w, b, True, 0.3, 1e-3)
+    kept = [s.clone() for s in stats]
+    got, new_mean, new_var = R.batch_norm_general(x, *stats, w, b, True, 0.3, 1e-3)
     want = F.batch_norm(x, *torch_stats, w, b, True, 0.3, 1e-3)
     assert_close(got, want, 1e-12, 1e-12, "forward")
-    assert_close(stats[0], torch_stats[0], 1e-12, 1e-12, "running_mean")
-    assert_close(stats[1], torch_stats[1], 1e-12, 1e-12, "running_var (unbiased)")
+    assert_close(new_mean, torch_stats[0], 1e-12, 1e-12, "running_mean")
+    assert_close(new_var, torch_stats[1], 1e-12, 1e-12, "running_var (unbiased)")
+    # functional: the new stats are returned, the given ones are left alone
+    assert torch.equal(stats[0], kept[0]) and torch.equal(stats[1], kept[1])
     grad = randn(*shape, seed=45, requires_grad=False)
     inputs = [t for t in (x, w, b) if t is not None]
     for name, g, t in zip("xwb", torch.autograd.grad(got, inputs, grad),
@@ -405,7 +408,8 @@ def test_batch_norm_eval_and_without_running_stats(shape):
     mean, var = randn(c, seed=49, requires_grad=False), randn(c, seed=50, requires_grad=False).abs()
     kept = (mean.clone(), var.clone())
     for running, training in (((mean, var), False), ((None, None), True)):
-        got = R.batch_norm_general(x, *running, w, b, training, 0.1, 1e-5)
+        got, new_mean, new_var = R.batch_norm_general(x, *running, w, b, training, 0.1, 1e-5)
+        assert new_mean is None and new_var is None  # nothing to update
         want = F.batch_norm(x, *running, w, b, training, 0.1, 1e-5)
         assert_close(got, want, 1e-12, 1e-12, f"forward training={training}")
         grad = randn(*shape, seed=51, requires_grad=False)
@@ -425,7 +429,7 @@ def test_gradcheck_through_the_loops():
     assert torch.autograd.gradcheck(
         lambda x: R.avg_pool2d(x, (3, 2), (2, 2), (1, 1), True, False, None), (x,))
     assert torch.autograd.gradcheck(
-        lambda x, w, b: R.batch_norm_general(x, None, None, w, b, True, 0.1, 1e-5),
+        lambda x, w, b: R.batch_norm_general(x, None, None, w, b, True, 0.1, 1e-5)[0],
         (x, randn(2, seed=63), randn(2, seed=64)))
 
 
@@ -440,7 +444,8 @@ def test_low_precision_keeps_the_dtype_and_sums_in_float32(dtype):
         "avg_pool2d": (lambda x: R.avg_pool2d(x, (3, 3), (2, 2), (1, 1), True, False, None),
                        lambda x: F.avg_pool2d(x, 3, 2, 1, True, False)),
         "max_pool2d": (lambda x: R.max_pool2d(x, (2, 2), (2, 2))[0], lambda x: F.max_pool2d(x, 2)),
-        "batch_norm": (lambda x: R.batch_norm_general(x, None, None, None, None, True, 0.1, 1e-5),
+        "batch_norm": (lambda x: R.batch_norm_general(x, None, None, None, None, True, 0.1,
+                                                      1e-5)[0],
                        lambda x: F.batch_norm(x, None, None, None, None, True)),
     }
     for name, (op, torch_op) in runs.items():

@@ -28,8 +28,13 @@ class ReferenceBackend(Backend):
 
     def batch_norm(self, input, running_mean, running_var, weight, bias, training, momentum,
                    eps):
-        return reference.batch_norm_general(input, running_mean, running_var, weight, bias,
-                                            training, momentum, eps)
+        out, new_mean, new_var = reference.batch_norm_general(
+            input, running_mean, running_var, weight, bias, training, momentum, eps)
+        if new_mean is not None:  # the one running-stats rule: the op is functional, the
+            with torch.no_grad():  # backend method writes the caller's buffers
+                running_mean.copy_(new_mean)
+                running_var.copy_(new_var)
+        return out
 
 
 BACKEND = ReferenceBackend()
