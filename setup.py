@@ -6,7 +6,8 @@ added when torch has CUDA and nvcc is found. Environment switches:
   CNNOPS_BUILD_CPP=0   build no extension at all (the `native` backend reports "not built")
   CNNOPS_BUILD_CUDA=0  leave the CUDA sources out even where they could be built
   TORCH_CUDA_ARCH_LIST defaults to "9.0" (H100) when CUDA is built.
-Install with `pip install --no-build-isolation -e .` (the build imports the installed torch).
+Install with `pip install --no-build-isolation -e ".[tools]"` (the build imports the installed
+torch). The metadata (name, version, dependencies, extras, packages) is in pyproject.toml.
 """
 import glob
 import os
@@ -45,17 +46,5 @@ def native_extensions():
 
 ext_modules, cmdclass = native_extensions()
 
-setup(
-    name="cnnops",
-    version="0.1.0",
-    description="Convolution, pooling and batch-norm kernels for CNNs: book loops, C++/CUDA, Triton",
-    python_requires=">=3.10",
-    packages=["cnnops", "cnnops.backends", "cnnops.backends.triton", "cnnops.tools",
-              "cnnops.models"],
-    package_dir={"cnnops.models": "models"},
-    install_requires=["torch>=2.11", "numpy", "tqdm", "matplotlib", "scikit-learn"],
-    extras_require={"triton": ["triton>=3.6"],
-                    "test": ["pytest", "pytest-benchmark", "pytest-xdist"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)
+# Name, version, dependencies, extras and packages: pyproject.toml (the one place for metadata).
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -8,7 +8,7 @@ import time
 import torch
 from torch import nn
 
-from cnnops.tools import data, train
+from cnnops.tools import data
 from cnnops.models import lenet, lenet_bn
 
 
@@ -28,8 +28,7 @@ def main():
             runs = {}
             for backend in ("torch", "native"):
                 torch.manual_seed(0)
-                model = factory(backend=backend)
-                model.apply(train.init_weights)
+                model = factory(backend=backend)  # Xavier-initialised by the factory
                 runs[backend] = (model, torch.optim.SGD(model.parameters(), lr=0.1))
             best = dict.fromkeys(runs, float("inf"))
             for _ in range(15):

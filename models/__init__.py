@@ -1,8 +1,12 @@
 """The classic CNNs of Dive into Deep Learning, built from `cnnops.nn` layers.
 
 Every factory is `(num_classes=10, in_channels=1, backend=None, **options)` and gives the
-book's layer shapes for Fashion-MNIST at the book's input size (`INPUT_SIZES`).
+book's layer shapes for Fashion-MNIST at the book's input size (`INPUT_SIZES`, the one table of
+input sizes: the bench catalogue, `python -m cnnops train` and the tests read it), with the
+book's Xavier-initialised weights (`init_weights`). The models reach the kernels only through
+`cnnops.nn` layers.
 """
+from ._init import init_weights
 from .alexnet import alexnet
 from .densenet import densenet
 from .googlenet import googlenet
@@ -22,4 +26,4 @@ INPUT_SIZES = {
     "googlenet": 96, "resnet18": 96, "densenet": 96,
 }
 
-__all__ = list(MODELS) + ["MODELS", "INPUT_SIZES"]
+__all__ = list(MODELS) + ["MODELS", "INPUT_SIZES", "init_weights"]

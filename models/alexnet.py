@@ -3,6 +3,8 @@ from torch import nn
 
 from cnnops import nn as cnn
 
+from ._init import book_init
+
 
 def alexnet(num_classes=10, in_channels=1, backend=None, dropout=0.5):
     """The book's AlexNet for Fashion-MNIST resized to 224x224.
@@ -10,7 +12,7 @@ def alexnet(num_classes=10, in_channels=1, backend=None, dropout=0.5):
     1x224x224 -> 96x54x54 -> 96x26x26 -> 256x26x26 -> 256x12x12 -> 384x12x12 -> 384x12x12
     -> 256x12x12 -> 256x5x5 -> 6400 -> 4096 -> 4096 -> num_classes
     """
-    return nn.Sequential(
+    model = nn.Sequential(
         # A large 11x11 window with stride 4 to shrink the image quickly.
         cnn.Conv2d(in_channels, 96, kernel_size=11, stride=4, padding=1, backend=backend),
         nn.ReLU(),
@@ -26,3 +28,4 @@ def alexnet(num_classes=10, in_channels=1, backend=None, dropout=0.5):
         nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(p=dropout),
         nn.Linear(4096, num_classes),
     )
+    return book_init(model)

@@ -4,6 +4,8 @@ from torch import nn
 
 from cnnops import nn as cnn
 
+from ._init import book_init
+
 
 def conv_block(in_channels, out_channels, backend=None):
     """Batch norm, ReLU, 3x3 conv: the "BN-ReLU-conv" order of the later ResNet paper."""
@@ -55,8 +57,9 @@ def densenet(num_classes=10, in_channels=1, backend=None, growth_rate=32,
         if i != len(num_convs_in_dense_blocks) - 1:
             blocks.append(transition_block(num_channels, num_channels // 2, backend))
             num_channels //= 2
-    return nn.Sequential(
+    model = nn.Sequential(
         b1, *blocks,
         cnn.BatchNorm2d(num_channels, backend=backend), nn.ReLU(),
         cnn.GlobalAvgPool2d(backend=backend), nn.Flatten(),
         nn.Linear(num_channels, num_classes))
+    return book_init(model)

@@ -5,6 +5,8 @@ from torch import nn
 
 from cnnops import nn as cnn
 
+from ._init import book_init
+
 
 class Inception(nn.Module):
     """Four parallel paths whose outputs are concatenated on the channel axis; H and W kept.
@@ -59,4 +61,5 @@ def googlenet(num_classes=10, in_channels=1, backend=None):
         Inception(832, 256, (160, 320), (32, 128), 128, backend=b),
         Inception(832, 384, (192, 384), (48, 128), 128, backend=b),
         cnn.GlobalAvgPool2d(backend=b), nn.Flatten())
-    return nn.Sequential(stage1, stage2, stage3, stage4, stage5, nn.Linear(1024, num_classes))
+    model = nn.Sequential(stage1, stage2, stage3, stage4, stage5, nn.Linear(1024, num_classes))
+    return book_init(model)

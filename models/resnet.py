@@ -4,6 +4,8 @@ from torch import nn
 
 from cnnops import nn as cnn
 
+from ._init import book_init
+
 
 class Residual(nn.Module):
     """Two 3x3 conv + batch-norm layers and a shortcut: relu(bn2(conv2(relu(bn1(conv1 x)))) + x).
@@ -56,5 +58,6 @@ def resnet18(num_classes=10, in_channels=1, backend=None):
     b3 = resnet_block(64, 128, 2, backend=backend)
     b4 = resnet_block(128, 256, 2, backend=backend)
     b5 = resnet_block(256, 512, 2, backend=backend)
-    return nn.Sequential(b1, b2, b3, b4, b5, cnn.GlobalAvgPool2d(backend=backend), nn.Flatten(),
+    model = nn.Sequential(b1, b2, b3, b4, b5, cnn.GlobalAvgPool2d(backend=backend), nn.Flatten(),
                          nn.Linear(512, num_classes))
+    return book_init(model)

@@ -3,6 +3,8 @@ from torch import nn
 
 from cnnops import nn as cnn
 
+from ._init import book_init
+
 # (number of 3x3 convs, output channels) of each block: VGG-11.
 VGG11_ARCH = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
 
@@ -30,10 +32,11 @@ def vgg11(num_classes=10, in_channels=1, backend=None, ratio=1, dropout=0.5):
     for num_convs, out_channels in VGG11_ARCH:
         blocks.append(vgg_block(num_convs, in_channels, out_channels // ratio, backend))
         in_channels = out_channels // ratio
-    return nn.Sequential(
+    model = nn.Sequential(
         *blocks, nn.Flatten(),
         # Five 2x2 pools take 224x224 to 7x7.
         nn.Linear(in_channels * 7 * 7, 4096), nn.ReLU(), nn.Dropout(dropout),
         nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(dropout),
         nn.Linear(4096, num_classes),
     )
+    return book_init(model)

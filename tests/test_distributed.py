@@ -41,8 +41,7 @@ def test_two_processes_end_with_identical_weights(tmp_path):
         assert torch.equal(p0, rank1["parameters"][name]), name
     # ... and trained: not the initial weights
     torch.manual_seed(0)
-    initial = lenet_bn()
-    initial.apply(train.init_weights)
+    initial = lenet_bn()  # the factory initialises as train does
     assert not torch.equal(initial[0].weight, rank0["parameters"]["0.weight"])
     # the metrics cover both shards, and only rank 0 wrote the log
     for record in (rank0["record"], rank1["record"]):
@@ -50,7 +49,8 @@ def test_two_processes_end_with_identical_weights(tmp_path):
         assert [h["examples"] for h in record["history"]] == [64, 64]
         assert record["test_acc"] == rank0["record"]["test_acc"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "lenet_bn-torch-digits.json", "lenet_bn-torch-digits.png", "rank0.pt", "rank1.pt"]
+        "lenet_bn-torch-digits.ckpt", "lenet_bn-torch-digits.json", "lenet_bn-torch-digits.png",
+        "rank0.pt", "rank1.pt"]
 
 
 def test_torchrun_command_line(tmp_path):

@@ -2,6 +2,9 @@
 import argparse
 import gzip
 import json
+import os
+import signal
+import threading
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ import cnnops
 from cnnops.tools import data as datasets
 from cnnops.tools import train
 from cnnops.__main__ import main
-from cnnops.models import lenet, lenet_bn
+from cnnops.models import INPUT_SIZES, init_weights, lenet, lenet_bn
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -105,11 +108,32 @@ def test_resize_to_the_model_input():
 def test_xavier_init_reaches_our_conv_subclass():
     conv = cnnops.nn.Conv2d(3, 8, 5)
     torch.manual_seed(0)
-    train.init_weights(conv)
+    init_weights(conv)
     expected = torch.empty_like(conv.weight)
     torch.manual_seed(0)
     nn.init.xavier_uniform_(expected)
     assert torch.equal(conv.weight, expected)
+
+
+def test_models_come_xavier_initialised():
+    """Every conv and linear weight is drawn from Xavier-uniform's range, not torch's default
+    (Kaiming-uniform with a = sqrt(5), bound 1/sqrt(fan_in)), and a seed fixes them."""
+    torch.manual_seed(3)
+    model = lenet_bn(backend="torch")
+    torch.manual_seed(3)
+    again = lenet_bn(backend="torch")
+    wider_than_default = 0
+    for layer, twin in zip(model, again):
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            w = layer.weight
+            fan_in, fan_out = w[0].numel(), w.shape[0] * w[0, 0].numel()
+            xavier, default = (6 / (fan_in + fan_out)) ** 0.5, fan_in ** -0.5
+            assert w.abs().max() <= xavier
+            if default < 0.9 * xavier:  # a draw outside the default's range: not the default
+                assert w.abs().max() > default
+                wider_than_default += 1
+            assert torch.equal(w, twin.weight)
+    assert wider_than_default >= 2
 
 
 def train_steps(factory, backend, steps=5, seed=0, batch=32, size=28):
@@ -117,8 +141,7 @@ def train_steps(factory, backend, steps=5, seed=0, batch=32, size=28):
     data = datasets.load("digits")
     images, labels = data.train.tensors
     torch.manual_seed(seed)
-    model = factory(backend=backend)
-    model.apply(train.init_weights)
+    model = factory(backend=backend)  # Xavier-initialised by the factory
     optimizer = torch.optim.SGD(model.parameters(), lr=0.9)
     losses = []
     for step in range(steps):
@@ -182,8 +205,9 @@ def parse(argv):
 
 
 def test_train_command_end_to_end_on_the_default_data(tmp_path, capsys):
+    # --device cpu: on a GPU machine the default device is cuda
     status = main(["train", "lenet_bn", "--epochs", "2", "--limit", "96", "--batch-size", "32",
-                   "--backend", "torch", "--out", str(tmp_path), "--quiet"])
+                   "--backend", "torch", "--device", "cpu", "--out", str(tmp_path), "--quiet"])
     assert status == 0
     out = capsys.readouterr().out
     assert "examples/sec on cpu (backend torch)" in out
@@ -197,8 +221,100 @@ def test_train_command_end_to_end_on_the_default_data(tmp_path, capsys):
     assert [h["epoch"] for h in log["history"]] == [1, 2]
     for h in log["history"]:
         assert h["examples"] == 96 and h["examples_per_sec"] > 0
-        assert 0 <= h["train_acc"] <= 1 and 0 <= h["test_acc"] <= 1 and h["train_loss"] > 0
+        # accuracies are counts of 96 examples, not just numbers in [0, 1]
+        assert h["train_acc"] * 96 == pytest.approx(round(h["train_acc"] * 96), abs=1e-9)
+        assert h["test_acc"] * 96 == pytest.approx(round(h["test_acc"] * 96), abs=1e-9)
+        assert np.isfinite(h["train_loss"]) and h["train_loss"] > 0
     assert log["test_acc"] == log["history"][-1]["test_acc"]
+
+
+def test_the_logged_metrics_are_the_model_s(tmp_path):
+    """The log's test accuracy is what the returned model scores when evaluated here, by hand,
+    and the weights moved away from the seeded initial ones."""
+    args = parse(["lenet_bn", "--epochs", "1", "--limit", "64", "--batch-size", "16",
+                  "--backend", "torch", "--device", "cpu", "--out", str(tmp_path), "--quiet",
+                  "--no-checkpoint"])
+    record, model = train.execute(args)
+    images, labels = datasets.load("digits").test.tensors
+    images, labels = images[:64], labels[:64]
+    model.eval()
+    with torch.no_grad():
+        predicted = model(datasets.resize(images, INPUT_SIZES["lenet_bn"])).argmax(dim=1)
+    assert record["test_acc"] == (predicted == labels).double().mean().item()
+    torch.manual_seed(0)
+    initial = lenet_bn(backend="torch")
+    assert not torch.equal(initial[0].weight, model[0].weight)
+    assert not (tmp_path / "lenet_bn-torch-digits.ckpt").exists()
+
+
+CKPT_ARGS = ["lenet_bn", "--limit", "96", "--batch-size", "16", "--backend", "torch",
+             "--device", "cpu", "--quiet"]
+
+
+def straight_run(tmp_path, epochs=2):
+    record, model = train.execute(parse(CKPT_ARGS + ["--epochs", str(epochs), "--out",
+                                                     str(tmp_path / "straight")]))
+    return record, model
+
+
+def assert_same_run(resumed, straight):
+    (record, model), (want_record, want_model) = resumed, straight
+    for (name, a), b in zip(want_model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), f"{name} differs after resuming"
+    timing = ("train_seconds", "examples_per_sec")
+    strip = [{k: v for k, v in h.items() if k not in timing} for h in record["history"]]
+    assert strip == [{k: v for k, v in h.items() if k not in timing}
+                     for h in want_record["history"]]
+
+
+def test_resume_after_epoch_one_reaches_the_straight_run_bit_for_bit(tmp_path):
+    out = tmp_path / "stopped"
+    first, _ = train.execute(parse(CKPT_ARGS + ["--epochs", "1", "--out", str(out)]))
+    ckpt = out / "lenet_bn-torch-digits.ckpt"
+    assert first["checkpoint"] == str(ckpt) and ckpt.exists()
+    state = torch.load(ckpt, weights_only=True)
+    assert state["epoch"] == 1 and state["step"] == 0 and len(state["history"]) == 1
+    assert {"torch", "python", "numpy", "loader"} <= set(state["rng"])
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]  # renamed into place
+    resumed = train.execute(parse(CKPT_ARGS + ["--epochs", "2", "--out", str(out),
+                                               "--resume"]))
+    assert resumed[0]["epochs"] == 2 and len(resumed[0]["history"]) == 2
+    assert_same_run(resumed, straight_run(tmp_path))
+
+
+def test_ctrl_c_mid_epoch_checkpoints_and_resumes_bit_for_bit(tmp_path, monkeypatch, capsys):
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    out = tmp_path / "stopped"
+    real_resize, calls = datasets.resize, []
+
+    def ctrl_c_at_the_third_step(images, size):
+        calls.append(1)
+        if len(calls) == 3:  # 96 / 16 = 6 training steps per epoch: in epoch 1
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_resize(images, size)
+    monkeypatch.setattr(datasets, "resize", ctrl_c_at_the_third_step)
+    status = main(["train", *CKPT_ARGS, "--epochs", "2", "--out", str(out)])
+    monkeypatch.setattr(datasets, "resize", real_resize)
+    assert status == 130
+    assert "--resume" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    state = torch.load(out / "lenet_bn-torch-digits.ckpt", weights_only=True)
+    assert (state["epoch"], state["step"], state["history"]) == (0, 3, [])
+    assert not (out / "lenet_bn-torch-digits.json").exists()  # no log of an unfinished run
+    resumed = train.execute(parse(CKPT_ARGS + ["--epochs", "2", "--out", str(out),
+                                               "--resume"]))
+    assert_same_run(resumed, straight_run(tmp_path))
+
+
+def test_resume_refuses_another_run_s_checkpoint(tmp_path, capsys):
+    out = str(tmp_path)
+    assert main(["train", *CKPT_ARGS, "--epochs", "1", "--out", out, "--resume"]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    assert main(["train", *CKPT_ARGS, "--epochs", "1", "--out", out]) == 0
+    assert main(["train", *CKPT_ARGS, "--epochs", "2", "--lr", "0.5", "--out", out,
+                 "--resume"]) == 2
+    assert "lr 1.0 there, 0.5 now" in capsys.readouterr().err
 
 
 def test_train_on_fashion_mnist_files_with_resize(tmp_path):
@@ -213,7 +329,8 @@ def test_train_on_fashion_mnist_files_with_resize(tmp_path):
 
 
 def test_book_recipes_and_defaults():
-    assert {name: (r.lr, r.batch_size, r.input_size) for name, r in train.RECIPES.items()} == {
+    assert {name: (r.lr, r.batch_size, INPUT_SIZES[name])
+            for name, r in train.RECIPES.items()} == {
         "lenet": (0.9, 256, 28), "lenet_bn": (1.0, 256, 28), "alexnet": (0.01, 128, 224),
         "vgg11": (0.05, 128, 224), "nin": (0.1, 128, 224), "googlenet": (0.1, 128, 96),
         "resnet18": (0.05, 256, 96), "densenet": (0.1, 256, 96)}
@@ -230,8 +347,9 @@ def test_bad_requests_fail_with_a_message(tmp_path, capsys):
     assert main(["train", "lenet", "--epochs", "0", "--out", str(tmp_path)]) == 2
     with pytest.raises(SystemExit):
         parse(["lenet", "--backend", "xyz"])
+    # a backend that cannot run on the CPU here is refused up front, naming it
     missing = [b for b in ("native", "triton") if b not in cnnops.available_backends("cpu")]
     if missing:
         assert main(["train", "lenet", "--backend", missing[0], "--epochs", "1",
-                     "--out", str(tmp_path)]) == 2
+                     "--device", "cpu", "--out", str(tmp_path)]) == 2
         assert missing[0] in capsys.readouterr().err

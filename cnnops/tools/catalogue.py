@@ -19,9 +19,11 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-# model factory name -> the input side length the book trains it on (Fashion-MNIST, resized)
-BOOK_INPUT_SIZE = {"lenet": 28, "lenet_bn": 28, "alexnet": 224, "vgg11": 224, "nin": 224,
-                   "googlenet": 96, "resnet18": 96, "densenet": 96}
+from cnnops.models import INPUT_SIZES
+
+# model factory name -> the input side length the book trains it on (Fashion-MNIST, resized);
+# the models package holds the one table
+BOOK_INPUT_SIZE = INPUT_SIZES
 MODELS = tuple(BOOK_INPUT_SIZE)
 OPS = ("conv2d", "max_pool2d", "avg_pool2d", "batch_norm")
 MODES = ("fwd", "fwdbwd")
