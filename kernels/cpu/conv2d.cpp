@@ -1,4 +1,6 @@
 // conv2d on the CPU by direct convolution (no im2col), NCHW contiguous, float and double.
+// float32 forward with C_out >= 16 and groups == 1 goes to the channel-blocked kernel of
+// conv2d_blocked.cpp; this file keeps the row-vectorised kernel for the rest.
 //
 // The book's corr2d takes one dot product per output element. Here a small block of outputs
 // is computed at once and kept in registers: kOcBlock output channels x V neighbouring
@@ -11,8 +13,10 @@
 // in parallel.
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
+#include "conv2d_blocked.h"
 #include "cpu_common.h"
 #include "kernels.h"
 
@@ -194,6 +198,14 @@ CNNOPS_SIMD_CLONES void conv_forward_row(const T* xpad, int64_t Hp, int64_t Wp, 
 template <typename T>
 void conv2d_forward_cpu(const T* input, const T* weight, const T* bias, T* output,
                         const Conv2dShape& s, bool relu) {
+  // float32 with enough output channels: the channel-blocked kernel (conv2d_blocked.cpp).
+  // float64 and thin or grouped layers keep the row-vectorised kernel below.
+  if constexpr (std::is_same_v<T, float>) {
+    if (conv2d_blocked_applies(s)) {
+      conv2d_forward_blocked_f32(input, weight, bias, output, s, relu);
+      return;
+    }
+  }
   PaddedInput<T> xpad;
   pad_input(input, s, xpad);
   const int64_t cout_g = s.C_out / s.groups;

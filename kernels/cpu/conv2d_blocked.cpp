@@ -1,0 +1,407 @@
+// Channel-blocked direct convolution, float32 forward (issue 14; the scheme of oneDNN's
+// direct kernels and of Georganas et al., SC'18).
+//
+// The vector runs over output channels: one register holds VW = 16 (AVX-512) or 8 (AVX2)
+// output channels of one output pixel. A register tile holds J channel blocks x P pixels
+// (24-28 accumulators on AVX-512); for every reduction step k = (ic, kh, kw) it loads J
+// weight vectors and broadcasts P input values, then does J * P FMAs. Every layer uses the
+// full vector width, whatever its output width (the old kernels vectorised along the output
+// row and wasted lanes on 6-, 12- and 24-wide rows).
+//
+// So that the P pixels of a tile sit at one fixed distance from each other in memory for every
+// tap, the input is repacked once per call into a zero-padded, stride-phase-split copy: for
+// strides (sh, sw), channel ic becomes sh * sw planes X_ab[i][j] = Xpad[i sh + a][j sw + b] of
+// Hq x Wq. Output pixel (oh, ow) reads tap (kh, kw) from plane (kh dh mod sh, kw dw mod sw) at
+// (oh + kh dh / sh, ow + kw dw / sw): a stride-1 convolution on the phase planes, so with the
+// flat pixel index q = oh Wq + ow every tap is "x[q + offset[k]]". Tiles are P consecutive q;
+// the columns ow in [OW, Wq) are computed and dropped (Wq - OW = (dilated kernel - 1) / sw
+// columns per row). A 1x1 stride-1 unpadded convolution is a plain matrix product and reads
+// the NCHW input as it is (no repack).
+//
+// The weights are repacked per call into [C_out / VW][C_in * KH * KW][VW] (their size is
+// C_in KH KW C_out, a 1 / (N OH OW) fraction of the FMAs; measured in NOTES-cpu-native.md).
+// Accumulators are stored to a stack tile and the out-of-line epilogue writes them, with bias
+// and ReLU, to NCHW output (keeps the register allocation of the hot loop free of the
+// epilogue's needs).
+#include "conv2d_blocked.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "cpu_common.h"
+
+namespace cnnops {
+
+CpuIsa cpu_isa_supported() {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+  static const CpuIsa best = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+      return CpuIsa::kAvx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return CpuIsa::kAvx2;
+    return CpuIsa::kBaseline;
+  }();
+  return best;
+#else
+  return CpuIsa::kBaseline;
+#endif
+}
+
+CpuIsa cpu_isa_active() {
+  const CpuIsa best = cpu_isa_supported();
+  const char* env = std::getenv("CNNOPS_CPU_ISA");
+  if (!env || !*env) return best;
+  CpuIsa want = best;
+  if (!std::strcmp(env, "baseline") || !std::strcmp(env, "scalar")) want = CpuIsa::kBaseline;
+  else if (!std::strcmp(env, "avx2")) want = CpuIsa::kAvx2;
+  else if (!std::strcmp(env, "avx512")) want = CpuIsa::kAvx512;
+  return static_cast<int>(want) < static_cast<int>(best) ? want : best;
+}
+
+namespace {
+
+// Everything a tile needs, computed once per call.
+struct BlockedConv {
+  const float* x;        // repacked (or original) input, image 0
+  int64_t x_image;       // elements per image of x
+  const float* w;        // repacked weights, [C_out blocks][K][VW]
+  int64_t K;             // C_in * KH * KW
+  const int64_t* off;    // offset of reduction step k from the tile's first pixel
+  const float* bias;
+  float* out;
+  int64_t C_out, OH, OW, Wq, total;  // total = OH * Wq flat pixels per image
+  bool relu;
+};
+
+// One unit of work: J channel blocks starting at block `ocb`, `tiles` tiles of P pixels.
+struct TileItem {
+  int32_t ocb, J, P, tiles;
+  const int64_t* q0;  // first pixel of each tile
+};
+
+// The reduction runs in chunks of kc steps, the chunk's weights (J * kc * VW floats, ~24 KiB)
+// staying in L1 for all the tiles of a unit; the tiles' partial sums wait in a per-thread
+// buffer (up to 64 KiB, in L2) between chunks.
+constexpr int64_t kChunkWeightBytes = 24 << 10;
+constexpr int64_t kPartialBytes = 64 << 10;
+
+float* partial_buffer() {
+  static thread_local std::vector<float> buf;
+  if (buf.empty()) buf.resize(kPartialBytes / sizeof(float) + 16);
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+}
+
+template <int VW, int J, int P>
+CNNOPS_INLINE void unit(const BlockedConv& c, int64_t n, const TileItem& t) {
+  const int64_t kc = std::max<int64_t>(1, kChunkWeightBytes / (J * VW * int64_t(sizeof(float))));
+  float* partial = c.K > kc ? partial_buffer() : nullptr;
+  for (int64_t k0 = 0; k0 < c.K; k0 += kc) {
+    const int64_t k1 = std::min(c.K, k0 + kc);
+    for (int i = 0; i < t.tiles; ++i) {
+      tile<VW, J, P>(c, n, t.ocb, t.q0[i], k0, k1, k0 == 0, k1 == c.K,
+                     partial ? partial + i * (J * P * VW) : nullptr);
+    }
+  }
+}
+
+// Writes a tile of accumulators (buf[j][p][VW]) to NCHW output, dropping the padding
+// columns and the channels past C_out. Out of line (see the file comment); a template so that
+// the pixel loop is unrolled and each pixel's destination is computed once.
+template <int VW, int J, int P>
+__attribute__((noinline)) void store_tile(const BlockedConv& c, int64_t n, int ocb, int64_t q0,
+                                          const float* buf) {
+  const int64_t plane = c.OH * c.OW;
+  float* out_n = c.out + n * c.C_out * plane;
+  int64_t pos[P];  // output offset of pixel p in its plane, -1 if dropped
+  for (int p = 0; p < P; ++p) {
+    const int64_t q = q0 + p, oh = q / c.Wq, ow = q - oh * c.Wq;
+    pos[p] = q < c.total && ow < c.OW ? oh * c.OW + ow : -1;
+  }
+  for (int j = 0; j < J; ++j) {
+    const int64_t oc0 = int64_t(ocb + j) * VW;
+    const int lanes = static_cast<int>(std::min<int64_t>(VW, c.C_out - oc0));
+    for (int l = 0; l < lanes; ++l) {
+      const float b = c.bias ? c.bias[oc0 + l] : 0.0f;
+      float* dst = out_n + (oc0 + l) * plane;
+      const float* src = buf + j * P * VW + l;
+#pragma GCC unroll 28
+      for (int p = 0; p < P; ++p) {
+        float v = src[p * VW] + b;
+        if (c.relu && v < 0.0f) v = 0.0f;  // false for NaN: ReLU keeps NaN, as torch does
+        if (pos[p] >= 0) dst[pos[p]] = v;
+      }
+    }
+  }
+}
+
+// VW floats as one GCC vector (a typedef with a dependent vector_size inside the template is
+// parsed as plain float by GCC 12, hence the specialisations).
+template <int VW>
+struct FloatVec;
+template <>
+struct FloatVec<16> { typedef float type __attribute__((vector_size(64))); };
+template <>
+struct FloatVec<8> { typedef float type __attribute__((vector_size(32))); };
+
+// Reduction steps [k0, k1) of the tile; `first`: start from zero (else from `partial`),
+// `last`: write the output (else save the sums to `partial`, J * P * VW floats).
+template <int VW, int J, int P>
+CNNOPS_INLINE void tile(const BlockedConv& c, int64_t n, int ocb, int64_t q0, int64_t k0,
+                        int64_t k1, bool first, bool last, float* __restrict__ partial) {
+  using V = typename FloatVec<VW>::type;
+  const float* __restrict__ x = c.x + n * c.x_image + q0;
+  const float* __restrict__ w = c.w + int64_t(ocb) * c.K * VW;
+  const int64_t* __restrict__ off = c.off;
+  const int64_t wstride = c.K * VW;  // next channel block
+  // -0.0f + v == v for every v (0.0f + v is not, for v = -0), so GCC folds the addition in
+  // the broadcast below away and the broadcast becomes the memory operand of the FMA
+  V negzero;
+#pragma GCC unroll 16
+  for (int l = 0; l < VW; ++l) negzero[l] = -0.0f;
+  // every loop over the tile is fully unrolled, so that the accumulators live in registers
+  V acc[J][P];
+#pragma GCC unroll 4
+  for (int j = 0; j < J; ++j)
+#pragma GCC unroll 28
+    for (int p = 0; p < P; ++p) {
+      if (first) acc[j][p] = V{};
+      else std::memcpy(&acc[j][p], partial + (j * P + p) * VW, sizeof(V));
+    }
+  for (int64_t k = k0; k < k1; ++k) {
+    const float* __restrict__ xk = x + off[k];
+    V wv[J];
+#pragma GCC unroll 4
+    for (int j = 0; j < J; ++j) std::memcpy(&wv[j], w + j * wstride + k * VW, sizeof(V));
+#pragma GCC unroll 28
+    for (int p = 0; p < P; ++p) {
+      const V xb = negzero + xk[p];  // broadcast
+#pragma GCC unroll 4
+      for (int j = 0; j < J; ++j) acc[j][p] += xb * wv[j];
+    }
+  }
+  alignas(64) float buf[J * P * VW];
+  float* dst = last ? buf : partial;
+#pragma GCC unroll 4
+  for (int j = 0; j < J; ++j)
+#pragma GCC unroll 28
+    for (int p = 0; p < P; ++p) std::memcpy(dst + (j * P + p) * VW, &acc[j][p], sizeof(V));
+  if (last) store_tile<VW, J, P>(c, n, ocb, q0, buf);
+}
+
+// The tile shapes: J channel blocks -> P pixels, so that J * P accumulators + J weight
+// vectors + 1 broadcast fit the register file (32 zmm; 16 ymm; 16 xmm for the baseline,
+// where one 8-float vector takes two registers).
+// Tile shapes (J, P): J channel blocks x P pixels, so that J * P accumulators + J weight
+// vectors + 1 broadcast fit the register file (32 zmm; 16 ymm; 16 xmm for the baseline, where
+// one 8-float vector takes two registers). Several P per J: the driver picks the one that
+// wastes the fewest pixels on the layer's output width.
+struct TileShape { int J, P; };
+constexpr TileShape kAvx512Shapes[] = {{4, 6}, {3, 8}, {2, 14}, {2, 12}, {1, 28}, {1, 24}};
+constexpr TileShape kAvx2Shapes[] = {{2, 6}, {1, 12}};
+constexpr TileShape kBaselineShapes[] = {{1, 6}};
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define CNNOPS_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+#define CNNOPS_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define CNNOPS_TARGET_AVX512
+#define CNNOPS_TARGET_AVX2
+#endif
+
+CNNOPS_TARGET_AVX512 void run_avx512(const BlockedConv& c, int64_t n, const TileItem& t) {
+  switch (t.J * 100 + t.P) {
+    case 406: unit<16, 4, 6>(c, n, t); break;
+    case 308: unit<16, 3, 8>(c, n, t); break;
+    case 214: unit<16, 2, 14>(c, n, t); break;
+    case 212: unit<16, 2, 12>(c, n, t); break;
+    case 128: unit<16, 1, 28>(c, n, t); break;
+    default: unit<16, 1, 24>(c, n, t); break;
+  }
+}
+
+CNNOPS_TARGET_AVX2 void run_avx2(const BlockedConv& c, int64_t n, const TileItem& t) {
+  if (t.J == 2) unit<8, 2, 6>(c, n, t);
+  else unit<8, 1, 12>(c, n, t);
+}
+
+void run_baseline(const BlockedConv& c, int64_t n, const TileItem& t) {
+  unit<8, 1, 6>(c, n, t);
+}
+
+// Per-call buffers, kept by the calling thread and reused (no allocation once they are big
+// enough). Only the calling thread resizes them; the OpenMP team reads and fills them.
+struct Workspace {
+  std::vector<float> x, w;
+  std::vector<int64_t> off;
+  std::vector<TileItem> items;
+  std::vector<int64_t> q0[5];  // tile starts, per J
+};
+float* align64(float* p) {
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
+}
+Workspace& workspace() {
+  static thread_local Workspace ws;
+  return ws;
+}
+
+}  // namespace
+
+bool conv2d_blocked_applies(const Conv2dShape& s) {
+  // groups: the weights of one channel block must share their input channels. Thin output
+  // (C_out < 16) would leave most lanes empty: the row-vectorised kernel is better there.
+  return s.groups == 1 && s.C_out >= 16 && s.N > 0 && s.OH > 0 && s.OW > 0 && s.C_in > 0;
+}
+
+void conv2d_forward_blocked_f32(const float* input, const float* weight, const float* bias,
+                                float* output, const Conv2dShape& s, bool relu) {
+  const CpuIsa isa = cpu_isa_active();
+  const int VW = isa == CpuIsa::kAvx512 ? 16 : 8;
+  const TileShape* shapes = isa == CpuIsa::kAvx512 ? kAvx512Shapes
+                            : isa == CpuIsa::kAvx2  ? kAvx2Shapes
+                                                    : kBaselineShapes;
+  const int nshapes = isa == CpuIsa::kAvx512 ? 6 : isa == CpuIsa::kAvx2 ? 2 : 1;
+  const int Jmax = shapes[0].J;
+  int Pmax = 0;
+  for (int i = 0; i < nshapes; ++i) Pmax = std::max(Pmax, shapes[i].P);
+  Workspace& ws = workspace();
+
+  // ---- geometry of the phase planes
+  const int64_t sh = s.stride_h, sw = s.stride_w;
+  const int64_t Hp = s.H + 2 * s.pad_h, Wp = s.W + 2 * s.pad_w;
+  const int64_t Hq = ceil_div(Hp, sh), Wq = ceil_div(Wp, sw);
+  const int64_t phase_plane = Hq * Wq, chan = sh * sw * phase_plane;
+  const int64_t taps = s.KH * s.KW, K = s.C_in * taps;
+  const int64_t total = s.OH * Wq;
+  const bool direct = s.KH == 1 && s.KW == 1 && sh == 1 && sw == 1 && s.pad_h == 0 &&
+                      s.pad_w == 0 && total >= Pmax;
+  const int64_t work = s.N * s.C_out * s.OH * s.OW * K;
+  const bool parallel = work > kParallelWork;
+
+  // ---- input: phase-split, zero-padded copy (or the input itself)
+  const float* x = input;
+  int64_t x_image = s.C_in * s.H * s.W;
+  if (!direct) {
+    x_image = s.C_in * chan;
+    // slack past the last image: a tile may read up to Pmax pixels past the last row, plus
+    // the largest tap offset within a channel (< chan)
+    const int64_t size = s.N * x_image + chan + Pmax + 64;
+    if (ws.x.size() < static_cast<size_t>(size)) ws.x.resize(size);
+    float* xr = ws.x.data();
+    std::fill(xr + s.N * x_image, xr + size, 0.0f);
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t nc = 0; nc < s.N * s.C_in; ++nc) {
+      const float* src = input + nc * s.H * s.W;
+      float* dst = xr + nc * chan;
+      for (int64_t a = 0; a < sh; ++a)
+        for (int64_t b = 0; b < sw; ++b)
+          for (int64_t i = 0; i < Hq; ++i) {
+            float* row = dst + (a * sw + b) * phase_plane + i * Wq;
+            const int64_t r = i * sh + a - s.pad_h;
+            if (r < 0 || r >= s.H) {
+              std::fill(row, row + Wq, 0.0f);
+              continue;
+            }
+            const float* srow = src + r * s.W;
+            // columns j with 0 <= j sw + b - pad_w < W
+            int64_t lo, hi;
+            valid_outputs(s.W, Wq, sw, s.pad_w, b, &lo, &hi);
+            std::fill(row, row + lo, 0.0f);
+            if (sw == 1) {
+              std::memcpy(row + lo, srow + lo + b - s.pad_w, (hi - lo) * sizeof(float));
+            } else {
+              for (int64_t j = lo; j < hi; ++j) row[j] = srow[j * sw + b - s.pad_w];
+            }
+            std::fill(row + hi, row + Wq, 0.0f);
+          }
+    }
+    x = xr;
+  }
+
+  // ---- offsets of the reduction steps
+  if (ws.off.size() < static_cast<size_t>(K)) ws.off.resize(K);
+  for (int64_t ic = 0; ic < s.C_in; ++ic)
+    for (int64_t kh = 0; kh < s.KH; ++kh)
+      for (int64_t kw = 0; kw < s.KW; ++kw) {
+        const int64_t rh = kh * s.dil_h, rw = kw * s.dil_w;
+        ws.off[(ic * s.KH + kh) * s.KW + kw] =
+            direct ? ic * s.H * s.W
+                   : ic * chan + ((rh % sh) * sw + rw % sw) * phase_plane + (rh / sh) * Wq +
+                         rw / sw;
+      }
+
+  // ---- weights: [C_out blocks][K][VW], channels past C_out zero
+  const int64_t blocks = ceil_div(s.C_out, VW);
+  // 64-byte aligned: a misaligned 64-byte load spans two cache lines (measured: half the
+  // speed of the whole kernel)
+  if (ws.w.size() < static_cast<size_t>(blocks * K * VW + 16)) ws.w.resize(blocks * K * VW + 16);
+  float* wr = align64(ws.w.data());
+#pragma omp parallel for schedule(static) if (parallel && blocks * K * VW > kParallelWork)
+  for (int64_t ob = 0; ob < blocks; ++ob)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t l = 0; l < VW; ++l) {
+        const int64_t oc = ob * VW + l;
+        wr[(ob * K + k) * VW + l] = oc < s.C_out ? weight[oc * K + k] : 0.0f;
+      }
+
+  // ---- tiles of one image: channel-block groups of up to Jmax blocks. Per group size J the
+  // tile width P and the placement with the fewest computed pixels: tiles along each output
+  // row (the last one of a row shifted back to end at the row's end: it recomputes a few
+  // pixels, bit-identically), or tiles over the flat pixel range [0, total) including the
+  // padding columns (when rows are narrower than a tile), the last shifted back to end at
+  // `total` so that no tile reads past the image, except when the image has fewer than P
+  // pixels (then the slack of the repacked copy covers it; `direct` needs total >= Pmax).
+  int best_p[5] = {0, 0, 0, 0, 0};
+  for (int J = 1; J <= Jmax; ++J) {
+    int64_t best_cost = -1;
+    for (int i = 0; i < nshapes; ++i) {
+      if (shapes[i].J != J) continue;
+      const int P = shapes[i].P;
+      const int64_t flat = ceil_div(total, P) * P;
+      const int64_t rows = s.OW >= P ? s.OH * ceil_div(s.OW, P) * P : flat;
+      const int64_t cost = std::min(flat, rows);
+      if (best_cost < 0 || cost < best_cost) {
+        best_cost = cost, best_p[J] = P;
+        std::vector<int64_t>& q = ws.q0[J];
+        q.clear();
+        if (rows < flat) {
+          for (int64_t oh = 0; oh < s.OH; ++oh)
+            for (int64_t ow = 0; ow < s.OW; ow += P) q.push_back(oh * Wq + std::min(ow, s.OW - P));
+        } else {
+          for (int64_t q0 = 0; q0 < total; q0 += P)
+            q.push_back(total >= P ? std::min<int64_t>(q0, total - P) : 0);
+        }
+      }
+    }
+  }
+  ws.items.clear();
+  for (int64_t ob = 0; ob < blocks;) {
+    const int J = static_cast<int>(std::min<int64_t>(Jmax, blocks - ob));
+    const int P = best_p[J];
+    const int64_t tiles = static_cast<int64_t>(ws.q0[J].size());
+    const int64_t per_unit =
+        std::max<int64_t>(1, kPartialBytes / (J * P * VW * int64_t(sizeof(float))));
+    for (int64_t t0 = 0; t0 < tiles; t0 += per_unit)
+      ws.items.push_back({static_cast<int32_t>(ob), J, P,
+                          static_cast<int32_t>(std::min(per_unit, tiles - t0)),
+                          ws.q0[J].data() + t0});
+    ob += J;
+  }
+
+  BlockedConv c{x, x_image, wr, K, ws.off.data(), bias, output, s.C_out, s.OH, s.OW, Wq, total,
+                relu};
+  const int64_t items = static_cast<int64_t>(ws.items.size());
+  const TileItem* item = ws.items.data();
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t u = 0; u < s.N * items; ++u) {
+    const int64_t n = u / items;
+    const TileItem& t = item[u % items];
+    if (isa == CpuIsa::kAvx512) run_avx512(c, n, t);
+    else if (isa == CpuIsa::kAvx2) run_avx2(c, n, t);
+    else run_baseline(c, n, t);
+  }
+}
+
+}  // namespace cnnops

@@ -1,0 +1,29 @@
+// Channel-blocked direct convolution (float32 forward), the fast path of conv2d_forward_cpu.
+//
+// Plain C++ (no torch types): NCHW-contiguous raw pointers and the Conv2dShape of index_math.h.
+#pragma once
+
+#include <cstdint>
+
+#include "index_math.h"
+
+namespace cnnops {
+
+// The vector instruction sets the blocked kernels are compiled for. The best one the CPU has
+// is used, unless the environment variable CNNOPS_CPU_ISA (read on every call, so tests can
+// switch it) names a lower one: "avx512", "avx2" or "baseline" (portable GCC vector code,
+// SSE2 on x86-64). A name above what the CPU supports falls back to the best supported one.
+enum class CpuIsa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+CpuIsa cpu_isa_supported();  // the best the CPU has
+CpuIsa cpu_isa_active();     // after the CNNOPS_CPU_ISA override
+
+// Whether conv2d_forward_blocked_f32 handles this shape (groups == 1, C_out >= 16, enough
+// multiply-adds per output for the channel blocking to pay; see the .cpp).
+bool conv2d_blocked_applies(const Conv2dShape& s);
+
+// out = conv(input, weight) + bias (optional), relu optional; NCHW in and out, OH/OW set.
+// Requires conv2d_blocked_applies(s).
+void conv2d_forward_blocked_f32(const float* input, const float* weight, const float* bias,
+                                float* output, const Conv2dShape& s, bool relu);
+
+}  // namespace cnnops

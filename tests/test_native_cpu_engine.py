@@ -1,0 +1,207 @@
+"""The CPU engine of the native backend (issue 14): the channel-blocked float32 conv2d forward
+(kernels/cpu/conv2d_blocked.cpp) in each of its instruction-set variants, and the machine-limit
+probes of kernels/cpu/peak.cpp.
+
+The blocked kernel runs for float32, groups == 1 and C_out >= 16 (forward; grad_input of a
+stride-1 convolution with C_in >= 16 is a forward convolution and takes it too). float32 results
+are compared with torch computed in float64 on the same (float32-representable) values. The ISA
+variant is forced with the environment variable CNNOPS_CPU_ISA, read by the kernel on every
+call; variants the CPU lacks are skipped.
+"""
+import ctypes
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnnops
+from backend_support import native_only
+from differential import assert_close
+
+pytestmark = native_only
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+_FLAGS = _cpu_flags()
+_ISAS = [
+    pytest.param("avx512", marks=pytest.mark.skipif(
+        not {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= _FLAGS, reason="no AVX-512")),
+    pytest.param("avx2", marks=pytest.mark.skipif(not {"avx2", "fma"} <= _FLAGS,
+                                                  reason="no AVX2")),
+    "baseline",
+]
+
+
+@pytest.fixture
+def isa(request, monkeypatch):
+    monkeypatch.setenv("CNNOPS_CPU_ISA", request.param)
+    return request.param
+
+
+@pytest.fixture
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+# name: (input shape, C_out, kernel (kh, kw), kwargs). Every one takes the blocked path
+# (C_out >= 16, groups 1): 1 to 5 channel blocks (tile groups of J = 4, 3, 2, 1 and a
+# partial last block), strides 1-3 (phase planes), dilation, asymmetric padding, C_in = 1,
+# planes smaller than one tile, 1x1 on the input as it is.
+CASES = {
+    "3x3_pad1": ((2, 8, 9, 11), 16, (3, 3), dict(padding=1)),
+    "5x5_pad2_3blocks": ((2, 12, 7, 6), 48, (5, 5), dict(padding=2)),
+    "stride2_5blocks_partial": ((2, 5, 13, 12), 70, (3, 3), dict(stride=2, padding=1)),
+    "stride3_gt_kernel": ((1, 3, 14, 17), 17, (2, 2), dict(stride=3)),
+    "stride21_dil23": ((2, 4, 13, 11), 33, (3, 2), dict(stride=(2, 1), padding=(1, 2),
+                                                        dilation=(2, 3))),
+    "cin1_7x7_stride2": ((2, 1, 20, 19), 64, (7, 7), dict(stride=2, padding=3)),
+    "1x1_direct": ((2, 20, 9, 8), 80, (1, 1), {}),
+    "1x1_tiny_plane": ((3, 7, 2, 3), 16, (1, 1), {}),
+    "1x1_stride2": ((2, 9, 11, 13), 32, (1, 1), dict(stride=2)),
+    "pad_exceeds_kernel": ((2, 3, 5, 6), 16, (1, 2), dict(padding=(1, 2))),
+    "kernel_is_input": ((2, 6, 5, 4), 24, (5, 4), {}),
+    "batch1_wide": ((1, 4, 3, 41), 16, (2, 3), dict(padding=(0, 1))),
+}
+
+
+def _make(input_shape, c_out, kernel, seed=0, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(input_shape, generator=g)
+    w = torch.randn((c_out, input_shape[1]) + kernel, generator=g)
+    b = torch.randn(c_out, generator=g) if bias else None
+    return x, w, b
+
+
+def _want(x, w, b, kwargs, activation=None):
+    y = F.conv2d(x.double(), w.double(), None if b is None else b.double(), **kwargs)
+    return F.relu(y) if activation == "relu" else y
+
+
+def _tol(x, w):
+    # float32 sums of C_in * KH * KW products of N(0, 1) values: error ~ eps * sqrt(terms) * |y|
+    terms = w[0].numel()
+    return 1e-5 * terms ** 0.5, 1e-4
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("isa", _ISAS, indirect=True)
+@pytest.mark.parametrize("name", CASES)
+def test_forward_matches_torch(name, isa, threads):
+    input_shape, c_out, kernel, kwargs = CASES[name]
+    x, w, b = _make(input_shape, c_out, kernel)
+    for activation in (None, "relu"):
+        got = cnnops.conv2d(x, w, b, **kwargs, backend="native", activation=activation)
+        assert got.dtype == torch.float32
+        assert_close(got.double(), _want(x, w, b, kwargs, activation), *_tol(x, w),
+                     f"{name} {isa} threads={threads} activation={activation}")
+
+
+@pytest.mark.parametrize("isa", _ISAS, indirect=True)
+def test_no_bias_channels_last_and_views(isa):
+    x, w, _ = _make((2, 16, 10, 9), 32, (3, 3))
+    want = _want(x, w, None, dict(padding=1))
+    xs = [x.contiguous(memory_format=torch.channels_last),
+          torch.randn(2, 32, 10, 18)[:, ::2, :, ::2].copy_(x)]  # a strided view
+    for xi in xs:
+        got = cnnops.conv2d(xi, w, None, padding=1, backend="native")
+        assert_close(got.double(), want, *_tol(x, w), "no bias / layout")
+        assert got.is_contiguous(memory_format=torch.channels_last) == xi.is_contiguous(
+            memory_format=torch.channels_last) or not xi.is_contiguous()
+
+
+def test_unbatched_and_empty_batch():
+    x, w, b = _make((1, 5, 8, 8), 16, (3, 3))
+    got = cnnops.conv2d(x[0], w, b, padding=1, backend="native")
+    assert_close(got.double(), _want(x[0], w, b, dict(padding=1)), *_tol(x, w), "3-D input")
+    e = cnnops.conv2d(torch.empty(0, 5, 8, 8), w, b, padding=1, backend="native")
+    assert e.shape == (0, 16, 8, 8)
+
+
+def test_nan_and_inf_propagate():
+    x, w, b = _make((1, 4, 6, 7), 16, (3, 3))
+    x[0, 1, 2, 3] = float("nan")
+    x[0, 2, 5, 6] = float("inf")
+    got = cnnops.conv2d(x, w, b, padding=1, backend="native")
+    want = F.conv2d(x.double(), w.double(), b.double(), padding=1)
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.isinf(), want.isinf())
+    finite = want.isfinite()
+    assert_close(got.double()[finite], want[finite], *_tol(x, w), "finite part")
+
+
+@pytest.mark.parametrize("isa", _ISAS, indirect=True)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_backward_float32(isa, stride):
+    # stride 1 with C_in >= 16: grad_input runs as a blocked forward convolution
+    x, w, b = _make((2, 16, 9, 8), 24, (3, 3))
+    xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
+    got = cnnops.conv2d(xg, wg, bg, stride=stride, padding=1, backend="native")
+    x64, w64, b64 = (t.double().requires_grad_() for t in (x, w, b))
+    want = F.conv2d(x64, w64, b64, stride=stride, padding=1)
+    grad = torch.randn(want.shape, generator=torch.Generator().manual_seed(5))
+    got_g = torch.autograd.grad(got, (xg, wg, bg), grad)
+    want_g = torch.autograd.grad(want, (x64, w64, b64), grad.double())
+    for name, g1, g2 in zip(("grad_input", "grad_weight", "grad_bias"), got_g, want_g):
+        assert_close(g1.double(), g2, 1e-3, 1e-4, f"{name} {isa} stride {stride}")
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+def test_bitwise_deterministic(threads):
+    x, w, b = _make((3, 16, 11, 10), 40, (3, 3), seed=7)
+    grad = torch.randn(3, 40, 11, 10, generator=torch.Generator().manual_seed(8))
+    results = []
+    for _ in range(3):
+        xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = cnnops.conv2d(xg, wg, b, padding=1, backend="native")
+        gi, gw = torch.autograd.grad(y, (xg, wg), grad)
+        results.append((y, gi, gw))
+    for r in results[1:]:
+        for a, c in zip(results[0], r):
+            assert torch.equal(a, c)
+
+
+def test_isa_variants_agree_closely():
+    # the variants differ only in the order of the float32 sums, never in what they sum
+    x, w, b = _make((2, 16, 12, 12), 48, (3, 3), seed=2)
+    outs = {}
+    for name in ("avx512", "avx2", "baseline"):
+        os.environ["CNNOPS_CPU_ISA"] = name
+        try:
+            outs[name] = cnnops.conv2d(x, w, b, padding=1, backend="native")
+        finally:
+            del os.environ["CNNOPS_CPU_ISA"]
+    want = _want(x, w, b, dict(padding=1))
+    for name, y in outs.items():
+        assert_close(y.double(), want, *_tol(x, w), name)
+
+
+def _lib():
+    import cnnops._C as ext
+    lib = ctypes.CDLL(ext.__file__)
+    for fn in (lib.cnnops_cpu_fma_peak_gflops, lib.cnnops_cpu_copy_gbps):
+        fn.restype = ctypes.c_double
+        fn.argtypes = [ctypes.c_int, ctypes.c_double]
+    return lib
+
+
+def test_peak_probes_exported():
+    lib = _lib()
+    one = lib.cnnops_cpu_fma_peak_gflops(1, 0.02)
+    # any CPU of the last 15 years does > 2 GFLOP/s float32 on one core; none does 1000
+    assert 2.0 < one < 1000.0
+    gbps = lib.cnnops_cpu_copy_gbps(1, 0.0)
+    assert 0.5 < gbps < 2000.0
