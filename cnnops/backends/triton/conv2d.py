@@ -1,31 +1,47 @@
-"""conv2d as an implicit GEMM, forward and backward, and its custom ops `cnnops_triton::conv2d*`.
+"""conv2d in Triton, forward and backward, and its custom ops `cnnops_triton::conv2d*`.
 
-Forward (one group g; x is (N, C_in, H, W), w is (C_out, C_in / G, R, S)):
+Layout: everything runs channels-last. The input is read as (N, H, W, C) with unit channel
+stride (an NCHW input is converted once inside the op, and that copy is part of the op's
+time); the weight is made (C_out, R, S, C_in / G) contiguous; outputs are channels-last.
 
-    y[n, k, p, q] = b[k] + sum_{r, s, c} x[n, c, p*sh - ph + r*dh, q*sw - pw + s*dw] * w[k, c, r, s]
+Forward (one group g; x is (N, H, W, C_in), w is (C_out, R, S, C_in / G)):
 
-is a matrix product Y[M, K] = X[M, J] @ W[J, K] with rows m = (n, p, q) (M = N*P*Q), columns k
-(the group's output channels) and reduction j = (r, s, c) (J = R*S*C_in/G, c innermost). X is never
-built (no im2col): each tile of it is gathered from x by decoding m and j, with zeros outside the
-image (the padding). The reduction is flattened over (r, s, c), so a 3-channel RGB input fills a
-16-wide reduction tile with 5 taps of 3 channels instead of one tap padded with 13 zero channels.
+    y[n, p, q, k] = b[k] + sum_{r, s} sum_c x[n, p*sh - ph + r*dh, q*sw - pw + s*dw, c] w[k, r, s, c]
 
-Backward, with dy of shape (N, C_out, P, Q):
-- grad input  dx[n, c, h, w] = sum_{r, s, k} dy[n, k, (h + ph - r*dh) / sh, (w + pw - s*dw) / sw] w[k, c, r, s]
-  a transposed convolution: rows (n, h, w), columns c, reduction (r, s, k). A term exists only
-  where the division is exact and lands inside (P, Q): the stride remainders (and the input rows
-  no window reaches, PyTorch's "output padding") are masked out per element.
-- grad weight dw[k, (r, s, c)] = sum_{n, p, q} dy[n, k, p, q] x[n, c, p*sh - ph + r*dh, q*sw - pw + s*dw]
+an implicit GEMM Y[M, K] = X[M, J] @ W[J, K], rows m = (n, p, q), columns k. The reduction is
+walked tap by tap: the outer reduction loop is over the taps (r, s), the inner one over a
+contiguous block of BLOCK_K channels. Within a tap, the X tile of a row is BLOCK_K consecutive
+elements of memory (16-byte loads, cp.async), the row's validity (is the tap inside the image)
+is one 1-D mask, and moving to the next step adds a scalar to one offset. The two loops are
+flattened into one (the software pipeliner overlaps loads across tap boundaries) whose scalar
+counters (channel block, tap, its offsets) are carried and wrapped with selects: no division
+or modulo in the main loop; (n, p, q) are decoded once per program.
+
+Thin first layers (groups 1, C_in < 16, no horizontal dilation): the S taps of one filter row
+read S * C_in consecutive elements of a channels-last row, so the inner reduction runs over
+that run (the "row run", ROW_RUN) instead of over channels: a 7x7 RGB stem reduces 7 runs of
+28 (C_in padded to 4 for 8-byte loads) instead of 49 taps padded from 3 to 16 channels.
+
+Few output tiles (late layers: 7x7 pixels, 512 channels): split-K over the flattened taps x
+channel blocks, SPLIT programs per tile writing float32 partials that a second kernel adds in
+a fixed order (deterministic) with the bias and ReLU.
+
+Backward, with dy (N, P, Q, C_out):
+- grad input is a forward convolution of dy with the transposed, flipped weight. For stride 1
+  it is one launch of the forward kernel (padding dh (R - 1) - ph). For stride s > 1 it is
+  split by stride phase: the input rows h = ph_h + s_h i (and columns likewise) receive taps
+  r with r dh = h + ph (mod s_h) only, so each of the s_h s_w phases is a dense stride-1
+  convolution over the phase's rows with a sub-filter, written straight into its phase of dx
+  (a strided view): no masked taps, no atomics. A phase that no tap reaches is zero.
+- grad weight dw[k, (r, s, c)] = sum_{n, p, q} dy[n, p, q, k] x[n, p*sh - ph + r*dh, ...]:
   rows k, columns (r, s, c), reduction over the N*P*Q pixels, split into SPLIT chunks (split-K)
-  written to separate partial sums and added afterwards (deterministic, no atomics).
-- grad bias   db[k] = sum_{n, p, q} dy[n, k, p, q], summed in the grad-weight kernel from the
-  dy tiles it loads anyway.
-
-Every kernel reads its tensors through their strides: contiguous and channels-last inputs
-are both read in place. Weights are made channels-last (C_out, R, S, C_in / G) so that the
-reduction axis j is contiguous; outputs are written channels-last.
+  written to separate partial sums and added in a fixed order (deterministic, no atomics).
+- grad bias db[k] = sum_{n, p, q} dy[n, p, q, k], a column sum of dy by its own small kernel
+  (out of the grad-weight main loop).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -35,256 +51,344 @@ from cnnops.shapes import conv2d_output_hw
 from cnnops.backends.triton._launch import (INTERPRETED, accumulator_type, cdiv, configs,
                                            dot_precision, kernel_op, launch)
 
+SMEM_LIMIT = 227 * 1024  # shared memory per block on sm_90 (H100/H200)
 
-def _prune(block_m: str, block_n: str, block_k: str, rows: str, cols: str, red: str):
-    """An early_config_prune that drops tiles much larger than the problem (keeps >= 1)."""
+
+@triton.jit
+def _mma(a, b, acc, ACC_TYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + a @ b on the tensor cores. float64 too: on sm_90 Triton >= 3.6 lowers a float64
+    tl.dot to mma.sync f64 (DMMA) without spills, where a broadcast multiply-and-sum spilled
+    12-13 KB per thread."""
+    if ACC_TYPE == tl.float64:
+        return tl.dot(a.to(tl.float64), b.to(tl.float64), acc, input_precision="ieee",
+                      out_dtype=tl.float64)
+    return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC_TYPE)
+
+
+def _smem_bytes(cfg: triton.Config, m: str, n: str, k: str, elem: int) -> int:
+    """Shared memory of a pipelined tl.dot: one (M x K) and one (K x N) tile per stage."""
+    kw = cfg.kwargs
+    return cfg.num_stages * (kw[m] * kw[k] + kw[k] * kw[n]) * elem
+
+
+def _prune(block_m: str, block_n: str, block_k: str, rows: str, cols: str, red: str,
+           elem_of: str):
+    """early_config_prune: drop tiles over the shared memory of sm_90 (for the element size
+    of tensor `elem_of`), tiles much larger than the problem, and float64 tiles whose
+    accumulator would not fit the registers (keeps at least one config)."""
     def prune(config_list, named_args, **kwargs):
         sizes = {n: named_args.get(n, kwargs.get(n)) for n in (rows, cols, red)}
-        tensors = [v for v in named_args.values() if isinstance(v, torch.Tensor)]
-        fp64 = bool(tensors) and tensors[0].dtype == torch.float64
+        t = named_args.get(elem_of, kwargs.get(elem_of))
+        elem = t.element_size() if isinstance(t, torch.Tensor) else 2
         kept = []
         for c in config_list:
             kw = c.kwargs
-            if kw[block_n] > max(16, triton.next_power_of_2(sizes[cols])):
+            if _smem_bytes(c, block_m, block_n, block_k, elem) > SMEM_LIMIT:
                 continue
-            if kw[block_k] > max(16, triton.next_power_of_2(sizes[red])):
+            if kw[block_n] > max(32, triton.next_power_of_2(sizes[cols])):
                 continue
-            if kw[block_m] > max(16, triton.next_power_of_2(sizes[rows])):
+            if kw[block_k] > max(32, triton.next_power_of_2(sizes[red])):
                 continue
-            if fp64 and kw[block_m] * kw[block_n] * kw[block_k] > 32 * 32 * 32:
-                continue  # fp64 multiplies a 3-D (M, K, N) tile in registers (see _mma)
+            if kw[block_m] > max(64, triton.next_power_of_2(sizes[rows])):
+                continue
+            if elem == 8 and kw[block_m] * kw[block_n] > 64 * 64:
+                continue  # float64 accumulators: 2 registers per element
             kept.append(c)
         return kept or [min(config_list, key=lambda c: c.kwargs[block_m] * c.kwargs[block_n]
                             * c.kwargs[block_k])]
     return prune
 
 
-@triton.jit
-def _mma(a, b, acc, ACC_TYPE: tl.constexpr, PRECISION: tl.constexpr):
-    """acc + a @ b. tl.dot for fp16/bf16/fp32; float64 takes a broadcast multiply-and-sum:
-    fp64 tl.dot is not lowered on every GPU by every Triton >= 3.6 (fp64 MMA landed for
-    some architectures only), and float64 convolutions are for checking, not speed."""
-    if ACC_TYPE == tl.float64:
-        acc += tl.sum(a.to(tl.float64)[:, :, None] * b.to(tl.float64)[None, :, :], axis=1)
-    else:
-        acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC_TYPE)
-    return acc
-
-
 def _gemm_configs(m: str, n: str, k: str) -> list[triton.Config]:
+    """Hopper-sized tiles (BLOCK_K up to 128, 3-5 stages); `_prune` drops those over 227 KB
+    of shared memory for the dtype at hand (e.g. 128x256x64 x 4 stages in float32)."""
     shapes = [  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
-        (128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4),
-        (128, 32, 32, 4, 4), (64, 32, 32, 4, 4), (256, 64, 32, 8, 3), (64, 64, 64, 4, 3),
-        (128, 16, 16, 4, 4), (32, 32, 32, 4, 2),
+        (128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 128, 8, 3),
+        (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 32, 8, 5), (64, 64, 64, 4, 5),
+        (64, 64, 128, 4, 3), (128, 32, 64, 4, 4), (64, 32, 32, 4, 5),
     ]
     return [triton.Config({m: bm, n: bn, k: bk}, num_warps=w, num_stages=s)
             for bm, bn, bk, w, s in shapes]
 
 
-# Forward: autotuned per (rows, output channels per group, reduction length).
+# Forward: autotuned per (rows, output channels per group, reduction run, taps, split).
 CONV2D_FWD_CONFIGS = configs(_gemm_configs("BLOCK_M", "BLOCK_N", "BLOCK_K"),
                              triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}))
-CONV2D_FWD_KEY = ["NPQ", "C_OUT_G", "J_RED", "R", "S"]
+CONV2D_FWD_KEY = ["NPQ", "C_OUT_G", "C_RUN", "R", "S_LOOP", "SPLIT"]
+GROUP_M = 8  # row tiles per band of the grouped launch order (L2 reuse of the weight tiles)
 
 
 @triton.autotune(configs=CONV2D_FWD_CONFIGS, key=CONV2D_FWD_KEY,
                  prune_configs_by={"early_config_prune": _prune(
-                     "BLOCK_M", "BLOCK_N", "BLOCK_K", "NPQ", "C_OUT_G", "J_RED")})
+                     "BLOCK_M", "BLOCK_N", "BLOCK_K", "NPQ", "C_OUT_G", "C_RUN", "x_ptr")})
+@triton.heuristics({"EVEN_K": lambda a: a["C_RUN"] % a["BLOCK_K"] == 0})
 @triton.jit
 def conv2d_fwd_kernel(
-    x_ptr,  # input (N, C_in, H, W), any strides
-    w_ptr,  # weight, channels-last contiguous (C_out, R, S, C_in / G)
-    b_ptr,  # bias (C_out,); unused when HAS_BIAS is false
-    y_ptr,  # output (N, C_out, P, Q), any strides
-    NPQ, C_OUT_G, J_RED,  # GEMM sizes: rows N*P*Q, columns C_out / G, reduction R*S*C_in/G
-    C_IN_G, H, W, P, Q, R, S,  # per-group input channels, input, output and kernel sizes
+    x_ptr,  # input, channels-last: (n, h, w, c) at n*sx_n + h*sx_h + w*sx_w + c
+    w_ptr,  # weight, contiguous (C_out, R, S, C_in / G)
+    b_ptr,  # bias (C_out,); unused without HAS_BIAS
+    y_ptr,  # output (N, C_out, P, Q), any strides; float32 partials (SPLIT, NPQ, C_out) if SPLIT > 1
+    NPQ, C_OUT_G, C_IN_G, H, W, P, Q, R,  # rows N*P*Q, channels per group, sizes
+    C_RUN, S_LOOP,  # inner reduction length and taps per filter row: (C_in/G, S), or (S*C_in, 1) for ROW_RUN
+    SPLIT,  # split-K: programs sharing one output tile (1: none)
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,  # the convolution's geometry
-    sx_n, sx_c, sx_h, sx_w,  # input strides (elements)
+    sx_n, sx_h, sx_w,  # input strides (elements; the channel stride is 1)
     sy_n, sy_c, sy_p, sy_q,  # output strides (elements)
     HAS_BIAS: tl.constexpr,  # add b[k] in the epilogue
     RELU: tl.constexpr,  # max(., 0) after the bias (NaN kept, as F.relu)
+    ROW_RUN: tl.constexpr,  # thin input: reduce over the S * C_in consecutive elements of a filter row
     ACC_TYPE: tl.constexpr,  # tl.float32, or tl.float64 for float64 tensors
     PRECISION: tl.constexpr,  # tl.dot input_precision: "tf32" or "ieee"
+    EVEN_K: tl.constexpr,  # C_RUN % BLOCK_K == 0: no channel mask, no offset jump between taps
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,  # tile of Y, reduction step
 ):
+    # grouped launch order: GROUP_M row tiles share each weight tile while it is in L2
     pid = tl.program_id(0)
     group = tl.program_id(1)
+    num_m = tl.cdiv(NPQ, BLOCK_M)
     num_n = tl.cdiv(C_OUT_G, BLOCK_N)
-    pid_m = pid // num_n  # neighbouring programs share the same X tile
-    pid_n = pid % num_n
+    band = pid // (GROUP_M * num_n)
+    first_m = band * GROUP_M
+    band_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % band_m)
+    pid_n = (pid % (GROUP_M * num_n)) // band_m
 
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # m = (n, p, q)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # m = (n, p, q), decoded once
     row_ok = rows < NPQ
     n = rows // (P * Q)
     p = (rows // Q) % P
     q = rows % Q
     h0 = p * stride_h - pad_h
     w0 = q * stride_w - pad_w
-    x_row = x_ptr + n * sx_n + group * C_IN_G * sx_c
-
+    x_row = x_ptr + n * sx_n + h0 * sx_h + w0 * sx_w + group * C_IN_G  # tap (0, 0), channel 0
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # k within the group
     col_ok = cols < C_OUT_G
-    w_col = w_ptr + (group * C_OUT_G + cols) * J_RED
+    w_col = w_ptr + (group * C_OUT_G + cols) * (R * S_LOOP * C_RUN)
+    kk = tl.arange(0, BLOCK_K)
+    if ROW_RUN:  # the run of a filter row starts at (h, w0): elements w0*C .. W*C-1 are inside
+        run_lo = -w0 * C_IN_G
+        run_hi = (W - w0) * C_IN_G
+
+    # this program's share of the flattened reduction (taps x channel blocks); the scalar
+    # divisions below run once, before the loop
+    k_blocks = tl.cdiv(C_RUN, BLOCK_K)
+    steps = R * S_LOOP * k_blocks
+    per_split = tl.cdiv(steps, SPLIT)
+    t0 = tl.program_id(2) * per_split
+    t1 = tl.minimum(t0 + per_split, steps)
+    tap = t0 // k_blocks
+    c0 = (t0 % k_blocks) * BLOCK_K  # channel (or run element) of this step
+    s = tap % S_LOOP
+    r = tap // S_LOOP
+    dr = r * dil_h  # vertical offset of the tap
+    ds = s * dil_w  # horizontal offset of the tap
+    tap_w = tap * C_RUN  # the tap's offset in a weight row
+    x_tap = dr * sx_h + ds * sx_w  # the tap's offset in the input
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
-    for j0 in range(0, J_RED, BLOCK_K):
-        j = j0 + tl.arange(0, BLOCK_K)  # j = (r, s, c), c innermost
-        j_ok = j < J_RED
-        c = j % C_IN_G
-        s = (j // C_IN_G) % S
-        r = j // (C_IN_G * S)
-        h = h0[:, None] + r[None, :] * dil_h
-        w = w0[:, None] + s[None, :] * dil_w
-        a_ok = row_ok[:, None] & j_ok[None, :] & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-        a = tl.load(x_row[:, None] + c[None, :] * sx_c + h * sx_h + w * sx_w, mask=a_ok, other=0.0)
-        b = tl.load(w_col[None, :] + j[:, None], mask=j_ok[:, None] & col_ok[None, :], other=0.0)
+    for _ in range(t0, t1):
+        # 1-D validity of the tap for each row, and of the channels (or run elements)
+        ok = row_ok & (h0 >= -dr) & (h0 < H - dr)
+        if not ROW_RUN:
+            ok = ok & (w0 >= -ds) & (w0 < W - ds)
+        c = c0 + kk
+        a_ok = ok[:, None]
+        b_ok = col_ok[None, :]
+        if not EVEN_K:
+            a_ok = a_ok & (c < C_RUN)[None, :]
+            b_ok = b_ok & (c < C_RUN)[:, None]
+        if ROW_RUN:
+            a_ok = a_ok & (c[None, :] >= run_lo[:, None]) & (c[None, :] < run_hi[:, None])
+        a = tl.load(x_row[:, None] + (x_tap + c)[None, :], mask=a_ok, other=0.0)
+        b = tl.load(w_col[None, :] + (tap_w + c)[:, None], mask=b_ok, other=0.0)
         acc = _mma(a, b, acc, ACC_TYPE, PRECISION)
+        # next step: the next channel block, or the first block of the next tap
+        c0 += BLOCK_K
+        wrap = c0 >= C_RUN
+        c0 = tl.where(wrap, 0, c0)
+        tap_w = tl.where(wrap, tap_w + C_RUN, tap_w)
+        s = tl.where(wrap, s + 1, s)
+        row_end = s == S_LOOP
+        s = tl.where(row_end, 0, s)
+        ds = tl.where(wrap, tl.where(row_end, 0, ds + dil_w), ds)
+        dr = tl.where(row_end, dr + dil_h, dr)
+        x_tap = dr * sx_h + ds * sx_w
 
+    if SPLIT > 1:  # float32/64 partials (SPLIT, NPQ, C_out), added by _split_sum_kernel
+        c_out = tl.num_programs(1) * C_OUT_G
+        part = y_ptr + (tl.program_id(2) * NPQ + rows)[:, None] * c_out \
+            + (group * C_OUT_G + cols)[None, :]
+        tl.store(part, acc, mask=row_ok[:, None] & col_ok[None, :])
+    else:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + group * C_OUT_G + cols, mask=col_ok,
+                           other=0.0).to(ACC_TYPE)[None, :]
+        if RELU:
+            acc = tl.where(acc < 0, 0.0, acc)
+        y = y_ptr + (n * sy_n + p * sy_p + q * sy_q)[:, None] \
+            + ((group * C_OUT_G + cols) * sy_c)[None, :]
+        tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _split_sum_kernel(
+    part_ptr,  # partials (SPLIT, NPQ, C_out), contiguous
+    b_ptr, y_ptr,  # bias (C_out,) or unused; output (N, C_out, P, Q), any strides
+    NPQ, C_OUT, P, Q, SPLIT,
+    sy_n, sy_c, sy_p, sy_q,
+    HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """y = relu(sum_s part[s] + b), the split-K partials added in the order s = 0, 1, ...
+    (the same every run: deterministic)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ok = (rows < NPQ)[:, None] & (cols < C_OUT)[None, :]
+    offs = rows[:, None] * C_OUT + cols[None, :]
+    acc = tl.load(part_ptr + offs, mask=ok, other=0.0)
+    for s in range(1, SPLIT):
+        acc += tl.load(part_ptr + s * NPQ * C_OUT + offs, mask=ok, other=0.0)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + group * C_OUT_G + cols, mask=col_ok, other=0.0).to(ACC_TYPE)[None, :]
+        acc += tl.load(b_ptr + cols, mask=cols < C_OUT, other=0.0).to(acc.dtype)[None, :]
     if RELU:
         acc = tl.where(acc < 0, 0.0, acc)
-    y = y_ptr + n[:, None] * sy_n + (group * C_OUT_G + cols)[None, :] * sy_c \
-        + p[:, None] * sy_p + q[:, None] * sy_q
-    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    n = rows // (P * Q)
+    p = (rows // Q) % P
+    q = rows % Q
+    y = y_ptr + (n * sy_n + p * sy_p + q * sy_q)[:, None] + (cols * sy_c)[None, :]
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=ok)
 
 
-# Grad input: autotuned per (input pixels, input channels per group, reduction length).
-CONV2D_DGRAD_CONFIGS = configs(_gemm_configs("BLOCK_M", "BLOCK_N", "BLOCK_K"),
-                               triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}))
-CONV2D_DGRAD_KEY = ["NHW", "C_IN_G", "J_RED", "stride_h", "stride_w"]
-
-
-@triton.autotune(configs=CONV2D_DGRAD_CONFIGS, key=CONV2D_DGRAD_KEY,
-                 prune_configs_by={"early_config_prune": _prune(
-                     "BLOCK_M", "BLOCK_N", "BLOCK_K", "NHW", "C_IN_G", "J_RED")})
-@triton.jit
-def conv2d_grad_input_kernel(
-    dy_ptr,  # grad of the output (N, C_out, P, Q), any strides
-    w_ptr,  # weight, channels-last contiguous (C_out, R, S, C_in / G)
-    dx_ptr,  # grad of the input (N, C_in, H, W), any strides
-    NHW, C_IN_G, J_RED,  # GEMM sizes: rows N*H*W, columns C_in / G, reduction R*S*C_out/G
-    C_OUT_G, H, W, P, Q, R, S,  # per-group output channels, input, output and kernel sizes
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,  # the forward convolution's geometry
-    sd_n, sd_c, sd_p, sd_q,  # dy strides (elements)
-    sx_n, sx_c, sx_h, sx_w,  # dx strides (elements)
-    ACC_TYPE: tl.constexpr,  # tl.float32, or tl.float64 for float64 tensors
-    PRECISION: tl.constexpr,  # tl.dot input_precision: "tf32" or "ieee"
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,  # tile of dX, reduction step
-):
-    pid = tl.program_id(0)
-    group = tl.program_id(1)
-    num_n = tl.cdiv(C_IN_G, BLOCK_N)
-    pid_m = pid // num_n
-    pid_n = pid % num_n
-
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # m = (n, h, w)
-    row_ok = rows < NHW
-    n = rows // (H * W)
-    h = (rows // W) % H
-    w = rows % W
-    dy_row = dy_ptr + n * sd_n + group * C_OUT_G * sd_c
-
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # c within the group
-    col_ok = cols < C_IN_G
-    rsc = R * S * C_IN_G  # weight row length
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
-    for j0 in range(0, J_RED, BLOCK_K):
-        j = j0 + tl.arange(0, BLOCK_K)  # j = (r, s, k), k innermost
-        j_ok = j < J_RED
-        k = j % C_OUT_G
-        s = (j // C_OUT_G) % S
-        r = j // (C_OUT_G * S)
-        # the output pixel whose window puts tap (r, s) on (h, w), if the stride allows one
-        tp = h[:, None] + pad_h - r[None, :] * dil_h
-        tq = w[:, None] + pad_w - s[None, :] * dil_w
-        p = tp // stride_h
-        q = tq // stride_w
-        a_ok = row_ok[:, None] & j_ok[None, :] & (tp >= 0) & (tq >= 0) \
-            & (p * stride_h == tp) & (q * stride_w == tq) & (p < P) & (q < Q)
-        a = tl.load(dy_row[:, None] + k[None, :] * sd_c + p * sd_p + q * sd_q, mask=a_ok, other=0.0)
-        b_ptrs = w_ptr + (group * C_OUT_G + k)[:, None] * rsc + ((r * S + s) * C_IN_G)[:, None] \
-            + cols[None, :]
-        b = tl.load(b_ptrs, mask=j_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = _mma(a, b, acc, ACC_TYPE, PRECISION)
-
-    dx = dx_ptr + n[:, None] * sx_n + (group * C_IN_G + cols)[None, :] * sx_c \
-        + h[:, None] * sx_h + w[:, None] * sx_w
-    tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
-
-
-# Grad weight: autotuned per (output channels per group, R*S*C_in/G, pixels per split).
+# Grad weight: autotuned per (output channels per group, input channels per group, pixels per split).
 CONV2D_WGRAD_CONFIGS = configs(_gemm_configs("BLOCK_M", "BLOCK_N", "BLOCK_K"),
                                triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}))
-CONV2D_WGRAD_KEY = ["C_OUT_G", "J_COLS", "CHUNK"]
+CONV2D_WGRAD_KEY = ["C_OUT_G", "C_IN_G", "CHUNK", "R", "S"]
 
 
 @triton.autotune(configs=CONV2D_WGRAD_CONFIGS, key=CONV2D_WGRAD_KEY,
                  prune_configs_by={"early_config_prune": _prune(
-                     "BLOCK_M", "BLOCK_N", "BLOCK_K", "C_OUT_G", "J_COLS", "CHUNK")})
+                     "BLOCK_M", "BLOCK_N", "BLOCK_K", "C_OUT_G", "C_IN_G", "CHUNK", "x_ptr")})
 @triton.jit
 def conv2d_grad_weight_kernel(
-    dy_ptr,  # grad of the output (N, C_out, P, Q), any strides
-    x_ptr,  # input (N, C_in, H, W), any strides
+    dy_ptr,  # grad of the output, channels-last contiguous: (n, p, q, k) at ((n*P + p)*Q + q)*C_out + k
+    x_ptr,  # input, channels-last: (n, h, w, c) at n*sx_n + h*sx_h + w*sx_w + c
     dw_ptr,  # partial grad weight (SPLIT, C_out, R*S*C_in/G) in ACC_TYPE, one slab per split
-    db_ptr,  # partial grad bias (SPLIT, C_out) in ACC_TYPE; unused without HAS_BIAS
-    C_OUT_G, J_COLS, NPQ, CHUNK,  # GEMM sizes: rows C_out/G, columns R*S*C_in/G, reduction N*P*Q in chunks
-    C_IN_G, H, W, P, Q, S,  # per-group input channels, input and output sizes, kernel width
+    C_OUT_G, C_IN_G, NPQ, CHUNK,  # GEMM sizes: rows C_out/G, columns C_in/G (one tap), pixels in chunks
+    H, W, P, Q, R, S,  # input, output and kernel sizes
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,  # the forward convolution's geometry
-    sd_n, sd_c, sd_p, sd_q,  # dy strides (elements)
-    sx_n, sx_c, sx_h, sx_w,  # x strides (elements)
-    HAS_BIAS: tl.constexpr,  # also sum dy into the bias partials (programs of the first column tile)
+    sx_n, sx_h, sx_w,  # x strides (elements; the channel stride is 1)
     ACC_TYPE: tl.constexpr,  # tl.float32, or tl.float64 for float64 tensors
     PRECISION: tl.constexpr,  # tl.dot input_precision: "tf32" or "ieee"
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,  # tile of dW, reduction step
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,  # tile of dW, pixels per step
 ):
+    """dw[k, tap, c] = sum over the pixels of this split of dy[pixel, k] x[pixel moved by tap, c]:
+    one tap (r, s) per program (grid axis 1 = tap * G + group), so the x tile of a step is
+    BLOCK_K pixels x BLOCK_N consecutive channels (16-byte loads) and the dy tile BLOCK_K
+    consecutive pixels x BLOCK_M consecutive channels (one pointer advance per step). The
+    pixels' (n, p, q) are carried and advanced with carries instead of divided per step."""
     pid = tl.program_id(0)
-    group = tl.program_id(1)
+    groups = tl.num_programs(1) // (R * S)
+    tap = tl.program_id(1) // groups
+    group = tl.program_id(1) % groups
     split = tl.program_id(2)
-    num_n = tl.cdiv(J_COLS, BLOCK_N)
+    num_n = tl.cdiv(C_IN_G, BLOCK_N)
     pid_m = pid // num_n
     pid_n = pid % num_n
-    C_OUT = tl.num_programs(1) * C_OUT_G
+    c_out = groups * C_OUT_G
+    r = tap // S
+    s = tap % S
 
     ks = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output channel within the group
     k_ok = ks < C_OUT_G
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (r, s, c), c innermost
-    col_ok = cols < J_COLS
-    c = cols % C_IN_G
-    s = (cols // C_IN_G) % S
-    r = cols // (C_IN_G * S)
-    dy_k = dy_ptr + (group * C_OUT_G + ks) * sd_c
-    x_c = x_ptr + (group * C_IN_G + c) * sx_c
+    cs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # input channel within the group
+    c_ok = cs < C_IN_G
 
     start = split * CHUNK
     end = tl.minimum(start + CHUNK, NPQ)
+    i = start + tl.arange(0, BLOCK_K)  # the step's pixels (n, p, q), decoded once here
+    n = i // (P * Q)
+    p = (i // Q) % P
+    q = i % Q
+    # one step is BLOCK_K pixels = step_n images + step_p rows + step_q columns
+    step_q = BLOCK_K % Q
+    step_p = (BLOCK_K // Q) % P
+    step_n = BLOCK_K // (P * Q)
+    h_tap = r * dil_h - pad_h
+    w_tap = s * dil_w - pad_w
+    dy_tile = dy_ptr + i[None, :] * c_out + (group * C_OUT_G + ks)[:, None]
+    x_c = x_ptr + group * C_IN_G + cs
+
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
-    bias_acc = tl.zeros((BLOCK_M,), dtype=ACC_TYPE)
     for i0 in range(start, end, BLOCK_K):
-        i = i0 + tl.arange(0, BLOCK_K)  # pixel (n, p, q)
-        i_ok = i < end
-        n = i // (P * Q)
-        p = (i // Q) % P
-        q = i % Q
-        a = tl.load(dy_k[:, None] + (n * sd_n + p * sd_p + q * sd_q)[None, :],
-                    mask=k_ok[:, None] & i_ok[None, :], other=0.0)
-        h = (p * stride_h - pad_h)[:, None] + r[None, :] * dil_h
-        w = (q * stride_w - pad_w)[:, None] + s[None, :] * dil_w
-        b_ok = i_ok[:, None] & col_ok[None, :] & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-        b = tl.load(x_c[None, :] + (n * sx_n)[:, None] + h * sx_h + w * sx_w, mask=b_ok, other=0.0)
+        i_ok = (i0 + tl.arange(0, BLOCK_K)) < end
+        a = tl.load(dy_tile, mask=k_ok[:, None] & i_ok[None, :], other=0.0)
+        h = p * stride_h + h_tap
+        w = q * stride_w + w_tap
+        x_ok = i_ok & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        b = tl.load(x_c[None, :] + (n * sx_n + h * sx_h + w * sx_w)[:, None],
+                    mask=x_ok[:, None] & c_ok[None, :], other=0.0)
         acc = _mma(a, b, acc, ACC_TYPE, PRECISION)
-        if HAS_BIAS:
-            bias_acc += tl.sum(a.to(ACC_TYPE), axis=1)
+        # next step: advance pointers and (n, p, q) with carries (p < P, q < Q stay true)
+        dy_tile += BLOCK_K * c_out
+        q += step_q
+        carry = q >= Q
+        q = tl.where(carry, q - Q, q)
+        p += step_p + carry.to(tl.int32)
+        carry = p >= P
+        p = tl.where(carry, p - P, p)
+        n += step_n + carry.to(tl.int32)
 
-    out = dw_ptr + (split * C_OUT + group * C_OUT_G + ks)[:, None] * J_COLS + cols[None, :]
-    tl.store(out, acc, mask=k_ok[:, None] & col_ok[None, :])
-    if HAS_BIAS:
-        if pid_n == 0:
-            tl.store(db_ptr + split * C_OUT + group * C_OUT_G + ks, bias_acc, mask=k_ok)
+    j_cols = R * S * C_IN_G
+    out = dw_ptr + (split * c_out + group * C_OUT_G + ks)[:, None] * j_cols \
+        + (tap * C_IN_G + cs)[None, :]
+    tl.store(out, acc, mask=k_ok[:, None] & c_ok[None, :])
 
 
-def _split_k(pixels: int, tiles: int, device: torch.device) -> int:
+@triton.jit
+def conv2d_grad_bias_kernel(
+    dy_ptr,  # grad of the output, channels-last contiguous (N*P*Q, C_out)
+    db_ptr,  # partial grad bias (SPLIT, C_out) in ACC_TYPE
+    NPQ, C_OUT, CHUNK,
+    ACC_TYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """db[k] = sum over the pixels of this split of dy[pixel, k], rows summed in order."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    split = tl.program_id(1)
+    start = split * CHUNK
+    end = tl.minimum(start + CHUNK, NPQ)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
+    for i0 in range(start, end, BLOCK_M):
+        rows = i0 + tl.arange(0, BLOCK_M)
+        acc += tl.load(dy_ptr + rows[:, None] * C_OUT + cols[None, :],
+                       mask=(rows < end)[:, None] & (cols < C_OUT)[None, :], other=0.0).to(ACC_TYPE)
+    tl.store(db_ptr + split * C_OUT + cols, tl.sum(acc, axis=0), mask=cols < C_OUT)
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    """t as (N, C, H, W) with unit channel stride and dense pixels: a copy unless it is one
+    already (an NCHW tensor is converted once here; the copy is part of the op's time)."""
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _fwd_split(tiles: int, steps: int, device: torch.device) -> int:
+    """Split-K of the forward: when the (128 x 128-estimated) output tiles do not fill the GPU
+    once, cut the reduction so that about 2 programs per SM run, keeping >= 8 steps each."""
+    if device.type != "cuda" or INTERPRETED:
+        return _FWD_SPLIT_INTERPRETED
+    sms = _num_sms(device)
+    if tiles >= sms:
+        return 1
+    return max(1, min(cdiv(2 * sms, tiles), steps // 8))
+
+
+_FWD_SPLIT_INTERPRETED = 1  # tests set it to run the split-K path in the interpreter
+
+
+def _wgrad_split(pixels: int, tiles: int, device: torch.device) -> int:
     """How many chunks the grad-weight reduction over N*P*Q is cut into.
 
     Enough programs to fill the GPU (2 waves), but chunks of at least 256 pixels so the
@@ -293,56 +397,140 @@ def _split_k(pixels: int, tiles: int, device: torch.device) -> int:
     """
     if INTERPRETED or device.type != "cuda":
         return max(1, min(4, pixels // 32))
-    target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(cdiv(target, tiles), pixels // 256))
+    return max(1, min(cdiv(2 * _num_sms(device), tiles), pixels // 256))
+
+
+def _split_sum(parts: torch.Tensor, bias, out: torch.Tensor, rows: int, cols: int, p: int,
+               q: int, out_strides, relu: bool) -> None:
+    """out (rows = (n, p, q), cols) = relu(sum_s parts[s] + bias), in the order s = 0, 1, ..."""
+    block_m, block_n = (16, 16) if INTERPRETED else (64, 64)
+    launch(_split_sum_kernel, (cdiv(rows, block_m), cdiv(cols, block_n)),
+           parts, bias if bias is not None else parts, out, rows, cols, p, q, parts.shape[0],
+           *out_strides, HAS_BIAS=bias is not None, RELU=relu, BLOCK_M=block_m,
+           BLOCK_N=block_n)
+
+
+def _row_run(x_cl: torch.Tensor, s: int, groups: int, dil_w: int) -> bool:
+    """Thin input (C_in < 16, one group, no horizontal dilation, a kernel wider than 1): the S
+    taps of a filter row read S * C_in consecutive elements of a channels-last row, so the
+    inner reduction runs over that run instead of over C_in channels padded to BLOCK_K."""
+    c_in = x_cl.shape[1]
+    return groups == 1 and c_in < 16 and dil_w == 1 and s > 1 and x_cl.stride(3) == c_in
+
+
+def _forward(x_cl: torch.Tensor, w_cl: torch.Tensor, bias, y: torch.Tensor, p_out: int,
+             q_out: int, stride, padding, dilation, groups: int, relu: bool) -> None:
+    """y (N, C_out, p_out, q_out, any strides) = conv2d of the channels-last input x_cl with
+    the (C_out, R, S, C_in / G) contiguous weight w_cl; the forward and every grad-input
+    phase run through here."""
+    n_batch, _, h_in, w_in = x_cl.shape
+    c_out, r, s, c_in_g = w_cl.shape
+    npq, c_out_g = n_batch * p_out * q_out, c_out // groups
+    if npq == 0 or c_out == 0:
+        return
+    row_run = _row_run(x_cl, s, groups, dilation[1])
+    c_run, s_loop = (s * c_in_g, 1) if row_run else (c_in_g, s)
+    steps = r * s_loop * cdiv(c_run, 64)
+    split = _fwd_split(cdiv(npq, 128) * cdiv(c_out_g, 128) * groups, steps, x_cl.device)
+    acc_dtype = torch.float64 if x_cl.dtype == torch.float64 else torch.float32
+    target = torch.empty((split, npq, c_out), dtype=acc_dtype, device=x_cl.device) \
+        if split > 1 else y
+
+    def grid(meta):
+        return (cdiv(npq, meta["BLOCK_M"]) * cdiv(c_out_g, meta["BLOCK_N"]), groups, split)
+
+    launch(conv2d_fwd_kernel, grid,
+           x_cl, w_cl, bias if bias is not None else w_cl, target,
+           npq, c_out_g, c_in_g, h_in, w_in, p_out, q_out, r, c_run, s_loop, split,
+           stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+           x_cl.stride(0), x_cl.stride(2), x_cl.stride(3), *y.stride(),
+           HAS_BIAS=bias is not None, RELU=relu, ROW_RUN=row_run,
+           ACC_TYPE=accumulator_type(x_cl.dtype), PRECISION=dot_precision(x_cl.dtype))
+    if split > 1:
+        _split_sum(target, bias, y, npq, c_out, p_out, q_out, y.stride(), relu)
+
+
+def _pad_thin_channels(x_cl: torch.Tensor, weight: torch.Tensor, groups: int):
+    """C_in 3 (or 5-7) of a first layer padded with zero channels to 4 (8): the row run of
+    each pixel is then 8- (16-) byte aligned for vector loads; the zero channels add
+    nothing to the sums. Others are returned as they are."""
+    c_in = x_cl.shape[1]
+    if groups != 1 or c_in in (1, 2, 4) or c_in >= 8:
+        return x_cl, weight
+    c_pad = 4 if c_in < 4 else 8
+    n, _, h, w = x_cl.shape
+    xp = x_cl.new_zeros((n, h, w, c_pad)).permute(0, 3, 1, 2)  # channels-last (N, C, H, W)
+    xp[:, :c_in] = x_cl
+    wp = weight.new_zeros((weight.shape[0], c_pad, *weight.shape[2:]))
+    wp[:, :c_in] = weight
+    return xp, wp
 
 
 @kernel_op("cnnops_triton::conv2d", mutates_args=())
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list[int],
            padding: list[int], dilation: list[int], groups: int, relu: bool) -> torch.Tensor:
     """F.conv2d (then F.relu when `relu`), output channels-last."""
-    n_batch, c_in, h_in, w_in = x.shape
-    c_out, c_in_g, r, s = weight.shape
+    n_batch, _, h_in, w_in = x.shape
+    c_out, _, r, s = weight.shape
     p_out, q_out = conv2d_output_hw((h_in, w_in), (r, s), stride, padding, dilation)
-    w_cl = weight.permute(0, 2, 3, 1).contiguous()  # (C_out, R, S, C_in/G)
     y = torch.empty((n_batch, c_out, p_out, q_out), dtype=x.dtype, device=x.device,
                     memory_format=torch.channels_last)
-    npq, c_out_g, j_red = n_batch * p_out * q_out, c_out // groups, r * s * c_in_g
-
-    def grid(meta):
-        return (cdiv(npq, meta["BLOCK_M"]) * cdiv(c_out_g, meta["BLOCK_N"]), groups)
-
-    launch(conv2d_fwd_kernel, grid,
-           x, w_cl, bias if bias is not None else w_cl, y,
-           npq, c_out_g, j_red, c_in_g, h_in, w_in, p_out, q_out, r, s,
-           stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-           *x.stride(), *y.stride(),
-           HAS_BIAS=bias is not None, RELU=relu, ACC_TYPE=accumulator_type(x.dtype),
-           PRECISION=dot_precision(x.dtype))
+    x_cl, w = _pad_thin_channels(_channels_last(x), weight, groups)
+    w_cl = w.permute(0, 2, 3, 1).contiguous()  # (C_out, R, S, C_in/G)
+    _forward(x_cl, w_cl, bias, y, p_out, q_out, stride, padding, dilation, groups, relu)
     return y
+
+
+def _phase_taps(phase: int, stride: int, pad: int, dil: int, taps: int):
+    """The sub-filter of one stride phase of grad input, along one axis.
+
+    Input rows h = phase + stride * i receive dy[p] w[r] where p * stride = h + pad - r * dil,
+    i.e. the taps r with r * dil = phase + pad (mod stride): r = r0, r0 + L, r0 + 2L, ...
+    (L = stride / gcd(stride, dil)). With those taps reversed, p = i - pad' + t * D
+    (D = L * dil / stride): a stride-1 convolution with dilation D and padding pad'.
+    Returns (tap indices in the order t = 0, 1, ..., D, pad'), or None when no tap reaches
+    this phase (its gradient is zero).
+    """
+    step = stride // math.gcd(stride, dil)
+    first = next((r for r in range(min(step, taps)) if (r * dil - phase - pad) % stride == 0),
+                 None)
+    if first is None:
+        return None
+    rs = list(range(first, taps, step))[::-1]
+    d = step * dil // stride
+    base = (phase + pad - first * dil) // stride  # p - i of the first tap
+    return rs, d, (len(rs) - 1) * d - base
 
 
 @kernel_op("cnnops_triton::conv2d_grad_input", mutates_args=())
 def conv2d_grad_input(grad: torch.Tensor, weight: torch.Tensor, input_hw: list[int],
                       stride: list[int], padding: list[int], dilation: list[int],
                       groups: int) -> torch.Tensor:
-    """The gradient of conv2d with respect to its input (H, W) = input_hw; channels-last."""
-    n_batch, c_out, p_out, q_out = grad.shape
+    """The gradient of conv2d with respect to its input (H, W) = input_hw; channels-last.
+
+    A forward convolution of dy with the transposed, flipped weight, one stride-1 launch per
+    stride phase (see the module docstring)."""
+    n_batch, c_out, _, _ = grad.shape
     _, c_in_g, r, s = weight.shape
     h_in, w_in = input_hw
-    w_cl = weight.permute(0, 2, 3, 1).contiguous()
+    c_out_g = c_out // groups
     dx = torch.empty((n_batch, c_in_g * groups, h_in, w_in), dtype=grad.dtype,
                      device=grad.device, memory_format=torch.channels_last)
-    nhw, c_out_g = n_batch * h_in * w_in, c_out // groups
-
-    def grid(meta):
-        return (cdiv(nhw, meta["BLOCK_M"]) * cdiv(c_in_g, meta["BLOCK_N"]), groups)
-
-    launch(conv2d_grad_input_kernel, grid,
-           grad, w_cl, dx, nhw, c_in_g, r * s * c_out_g, c_out_g, h_in, w_in, p_out, q_out, r, s,
-           stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-           *grad.stride(), *dx.stride(),
-           ACC_TYPE=accumulator_type(grad.dtype), PRECISION=dot_precision(grad.dtype))
+    dy_cl = _channels_last(grad)
+    # (G, C_out/G, C_in/G, R, S) -> (G, C_in/G, R, S, C_out/G): per group, the transpose
+    w_t = weight.view(groups, c_out_g, c_in_g, r, s).permute(0, 2, 3, 4, 1)
+    for ph in range(stride[0]):
+        for pw in range(stride[1]):
+            view = dx[:, :, ph::stride[0], pw::stride[1]]
+            rows = _phase_taps(ph, stride[0], padding[0], dilation[0], r)
+            cols = _phase_taps(pw, stride[1], padding[1], dilation[1], s)
+            if rows is None or cols is None:
+                view.zero_()  # no tap lands on these pixels
+                continue
+            (rr, dr, pad_r), (ss, ds, pad_s) = rows, cols
+            sub = w_t[:, :, rr][:, :, :, ss].reshape(groups * c_in_g, len(rr), len(ss), c_out_g)
+            _forward(dy_cl, sub.contiguous(), None, view, view.shape[2], view.shape[3],
+                     (1, 1), (pad_r, pad_s), (dr, ds), groups, False)
     return dx
 
 
@@ -354,28 +542,41 @@ def conv2d_grad_weight(grad: torch.Tensor, x: torch.Tensor, weight_shape: list[i
     n_batch, c_out, p_out, q_out = grad.shape
     h_in, w_in = x.shape[2:]
     _, c_in_g, r, s = weight_shape
-    c_out_g, j_cols, npq = c_out // groups, r * s * c_in_g, n_batch * p_out * q_out
+    c_out_g, npq = c_out // groups, n_batch * p_out * q_out
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    split = _split_k(npq, groups * cdiv(c_out_g, 64) * cdiv(j_cols, 64), x.device)
-    chunk = cdiv(npq, split)
-    dw_parts = torch.empty((split, c_out, j_cols), dtype=acc_dtype, device=x.device)
-    db_parts = torch.empty((split, c_out) if with_bias else (0,), dtype=acc_dtype,
-                           device=x.device)
+    dy_cl = _channels_last(grad)
+    x_cl = _channels_last(x)
+    split = _wgrad_split(npq, groups * r * s * cdiv(c_out_g, 128) * cdiv(c_in_g, 128),
+                         x.device)
+    chunk = max(1, cdiv(npq, split))
+    # every element of every split's slab is written by one program (zeros only for N*P*Q = 0)
+    alloc = torch.empty if npq > 0 else torch.zeros
+    dw_parts = alloc((split, c_out, r * s * c_in_g), dtype=acc_dtype, device=x.device)
 
     def grid(meta):
-        return (cdiv(c_out_g, meta["BLOCK_M"]) * cdiv(j_cols, meta["BLOCK_N"]), groups, split)
+        return (cdiv(c_out_g, meta["BLOCK_M"]) * cdiv(c_in_g, meta["BLOCK_N"]),
+                r * s * groups, split)
 
-    launch(conv2d_grad_weight_kernel, grid,
-           grad, x, dw_parts, db_parts if with_bias else dw_parts,
-           c_out_g, j_cols, npq, chunk, c_in_g, h_in, w_in, p_out, q_out, s,
-           stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-           *grad.stride(), *x.stride(),
-           HAS_BIAS=with_bias, ACC_TYPE=accumulator_type(x.dtype),
-           PRECISION=dot_precision(x.dtype))
-    # the split-K partials are added in a fixed order: deterministic
-    dw = dw_parts.sum(0).to(x.dtype).view(c_out, r, s, c_in_g).permute(0, 3, 1, 2)
-    db = db_parts.sum(0).to(x.dtype) if with_bias else grad.new_empty((0,))
-    return dw, db
+    if npq > 0:
+        launch(conv2d_grad_weight_kernel, grid,
+               dy_cl, x_cl, dw_parts, c_out_g, c_in_g, npq, chunk, h_in, w_in, p_out, q_out,
+               r, s, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+               x_cl.stride(0), x_cl.stride(2), x_cl.stride(3),
+               ACC_TYPE=accumulator_type(x.dtype), PRECISION=dot_precision(x.dtype))
+    dw = torch.empty((c_out, r, s, c_in_g), dtype=x.dtype, device=x.device)
+    _split_sum(dw_parts, None, dw, c_out, r * s * c_in_g, 1, 1, (r * s * c_in_g, 1, 0, 0),
+               False)
+    db = grad.new_empty((0,))
+    if with_bias:
+        db_parts = alloc((split, c_out), dtype=acc_dtype, device=x.device)
+        block = 16 if INTERPRETED else 64
+        if npq > 0:
+            launch(conv2d_grad_bias_kernel, (cdiv(c_out, block), split),
+                   dy_cl, db_parts, npq, c_out, chunk, ACC_TYPE=accumulator_type(x.dtype),
+                   BLOCK_M=block, BLOCK_N=block)
+        db = torch.empty((c_out,), dtype=x.dtype, device=x.device)
+        _split_sum(db_parts, None, db, 1, c_out, 1, 1, (0, 1, 0, 0), False)
+    return dw.permute(0, 3, 1, 2), db
 
 
 def _setup_context(ctx, inputs, output):
