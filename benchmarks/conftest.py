@@ -7,7 +7,8 @@
 The layers come from the catalogue of the book's eight models (cnnops.tools.catalogue); every backend
 available on the device gets an entry (`reference` and CPU `triton`, which run loops or an
 interpreter, only on tiny layers: skipped otherwise). Each backend's result is checked against
-the torch backend's before it is timed. On CUDA the timed function ends with a synchronize and
+the torch backend's in float64 before it is timed (the shared harness, cnnops.tools.harness:
+inputs, calls, error measure; timing.py is its timing core). On CUDA the timed function ends with a synchronize and
 each round starts on a cold L2 (the untimed setup overwrites a buffer twice its size).
 """
 import os
@@ -82,11 +83,12 @@ class BenchCase:
             results = call()
         except (cnnops.BackendUnavailableError, TypeError) as e:
             pytest.skip(f"{type(e).__name__}: {e}")
-        if self.backend != "torch":
-            reference = bench.make_call(layer, inputs, "torch", s["mode"])()
-            error = bench.relative_error(results, reference)
-            tol = bench.tolerance(s["dtype"], s["device"])
-            assert error <= tol, f"{self.backend} differs from torch: {error:.2e} > {tol:.0e}"
+        # every backend, torch included, against torch in float64 (cnnops.tools.harness)
+        reference = bench.float64_reference(layer, inputs, s["mode"])
+        error = bench.relative_error(results, reference)
+        tol = bench.tolerance(s["dtype"], s["device"])
+        assert error <= tol, (f"{self.backend} differs from torch in float64: "
+                              f"{error:.2e} > {tol:.0e}")
         flops = layer.flops(s["batch"], s["mode"])
         nbytes = layer.min_bytes(s["batch"], s["mode"], s["dtype"].itemsize)
         benchmark.group = f"{layer.name} | {timing.dtype_name(s['dtype'])} {s['layout']} " \

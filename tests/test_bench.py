@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import cnnops
-from cnnops.tools import bench, catalogue
+from cnnops.tools import bench, catalogue, timing
 from cnnops.__main__ import main
 
 
@@ -117,7 +117,8 @@ def test_bench_cli_writes_table_json_and_chart(tmp_path, capsys):
     out = tmp_path / "bench"
     status = main(["bench", "--device", "cpu", "--models", "lenet", "--per-op", "1",
                    "--batch", "1", "--mode", "fwd,fwdbwd", "--layouts", "nchw,channels_last",
-                   "--backends", "reference", "--budget", "0.01", "--out", str(out)])
+                   "--backends", "reference", "--budget", "0.01", "--probe-budget", "0.02",
+                   "--out", str(out)])
     text = capsys.readouterr().out
     assert status == 0, text
     assert "vs torch" in text and "roofline" in text and "bandwidth" in text
@@ -128,25 +129,85 @@ def test_bench_cli_writes_table_json_and_chart(tmp_path, capsys):
     # LeNet has conv2d and avg_pool2d only: one layer each, 2 modes x 2 layouts x 2 backends
     assert len(rows) == 2 * 2 * 2 * 2
     assert {r["op"] for r in rows} == {"conv2d", "avg_pool2d"}
+    torch_rows = {(r["layer"], r["layout"], r["mode"]): r for r in rows
+                  if r["backend"] == "torch"}
+    limits = report["ceilings"]["cpu_limits"]
+    assert limits["copy_bandwidth"] > 0 and limits["copy_source"]
     for row in rows:
         assert row["status"] == "ok", row
         assert row["time_s"] > 0 and 0 < row["roofline"]
-        if row["backend"] == "torch":
-            assert row["speedup"] == 1.0
-        else:
-            assert row["rel_error"] <= 1e-4
+        # every backend, torch too, is checked against torch in float64 before it is timed
+        assert 0 <= row["rel_error"] <= 1e-4
+        # the speed-up is the torch row's time over this row's, timed in the same run
+        baseline = torch_rows[(row["layer"], row["layout"], row["mode"])]
+        assert row["speedup"] == pytest.approx(baseline["time_s"] / row["time_s"], rel=1e-12)
+        # fractions of the CPU's limits are the row's own rate over the limit
+        assert row["copy_fraction"] == pytest.approx(
+            row["bytes"] / row["time_s"] / limits["copy_bandwidth"], rel=1e-12)
+        assert ("fma_peak_fraction" in row) == (limits["fma_peak_flops"] is not None)
     assert (out / "bench.md").read_text().count("\n| ") == len(rows) + 1
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "copy bandwidth" in text and "FMA peak" in text
 
 
-def test_bench_cli_lists_unavailable_backend_as_skipped(tmp_path, capsys):
+def test_bench_cli_lists_unavailable_backend_as_skipped(tmp_path, monkeypatch):
+    # triton made unavailable here whatever this machine has, so the skip path always runs
+    triton = cnnops.get_backend("triton")
+    monkeypatch.setattr(triton, "unavailable_reason", lambda device: "stand-in: not here")
     status = main(["bench", "--device", "cpu", "--models", "lenet", "--ops", "avg_pool2d",
                    "--per-op", "1", "--batch", "1", "--backends", "triton,native",
-                   "--budget", "0.01", "--no-chart", "--out", str(tmp_path)])
+                   "--budget", "0.01", "--probe-budget", "0.02", "--no-chart",
+                   "--out", str(tmp_path)])
     assert status == 0
     rows = json.loads((tmp_path / "bench.json").read_text())["results"]
     assert [r["backend"] for r in rows] == ["torch", "triton", "native"]
-    for row in rows[1:]:
-        if row["backend"] not in cnnops.available_backends("cpu"):
-            assert row["status"] == "skipped" and row["reason"], row
+    assert rows[0]["status"] == "ok"
+    assert rows[1]["status"] == "skipped" and rows[1]["reason"] == "stand-in: not here"
+    native_here = "native" in cnnops.available_backends("cpu")
+    assert rows[2]["status"] == ("ok" if native_here else "skipped"), rows[2]
     assert not (tmp_path / "bench.png").exists()
+
+
+def fake_probe_library(fma_gflops, copy_gbps):
+    class Lib:
+        def cnnops_cpu_fma_peak_gflops(self, threads, seconds):
+            return fma_gflops * threads
+
+        def cnnops_cpu_copy_gbps(self, threads, seconds):
+            return copy_gbps
+    return Lib()
+
+
+def test_cpu_limits_come_from_the_extension_probes_when_built(monkeypatch):
+    monkeypatch.setattr(timing, "_peak_library", lambda: (fake_probe_library(100.0, 8.0), None))
+    limits = timing.cpu_limits(threads=2, seconds=0.01)
+    assert limits["fma_peak_flops"] == 200e9 and limits["copy_bandwidth"] == 8e9
+    assert "peak.cpp" in limits["fma_source"] and "peak.cpp" in limits["copy_source"]
+    rows = [dict(flops=50e9, bytes=2e9, time_s=0.5, dtype="float32"),
+            dict(flops=50e9, bytes=2e9, time_s=0.5, dtype="float64"),
+            dict(flops=1, bytes=1, dtype="float32", status="skipped")]
+    bench.add_cpu_limits(rows, limits)
+    assert rows[0]["fma_peak_fraction"] == pytest.approx(0.5)   # 100 GFLOP/s of 200
+    assert rows[1]["fma_peak_fraction"] == pytest.approx(1.0)   # float64: half the lanes
+    assert rows[0]["copy_fraction"] == pytest.approx(0.5)       # 4 GB/s of 8
+    assert "fma_peak_fraction" not in rows[2]
+
+
+def test_cpu_limits_fallback_is_labelled(monkeypatch):
+    monkeypatch.setattr(timing, "_peak_library", lambda: (None, "not built"))
+    limits = timing.cpu_limits(threads=1, seconds=0.01)
+    assert limits["fma_peak_flops"] is None and limits["fma_source"].startswith("n/a")
+    assert limits["copy_bandwidth"] > 0 and "fallback" in limits["copy_source"]
+    best = timing.best_cpu_limits(limits, dict(limits, copy_bandwidth=1.0))
+    assert best["copy_bandwidth"] == limits["copy_bandwidth"] and best["fma_peak_flops"] is None
+
+
+def test_real_cpu_limit_probes_when_the_extension_has_them():
+    lib, why_not = timing._peak_library()
+    if lib is None:
+        pytest.skip(why_not)
+    limits = timing.cpu_limits(threads=1, seconds=0.05)
+    # a CPU core does at least one float32 FMA per cycle (2 flops at >= 1 GHz) and copies
+    # at least 1 GB/s; nothing reaches 1 TFLOP/s or 1 TB/s on one core
+    assert 2e9 <= limits["fma_peak_flops"] <= 1e12
+    assert 1e9 <= limits["copy_bandwidth"] <= 1e12

@@ -22,19 +22,16 @@ import time
 import torch
 
 import cnnops
-from cnnops.tools import catalogue, timing
+from cnnops.tools import catalogue, harness, require, timing
 from cnnops.tools.catalogue import Layer
 
 # Backends that are loops or an interpreter on this device run only on layers under these
 # flops (Triton's interpreter runs each program instance in Python: slower still than loops).
 SLOW_BACKENDS = {"cpu": {"reference": 1e6, "triton": 2e4}, "cuda": {"reference": 1e6}}
-# ||out - ref|| / ||ref|| against the torch backend, by dtype (CUDA float32 may use TF32).
-TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 5e-3,
-             torch.bfloat16: 3e-2}
-CUDA_FLOAT32_TOLERANCE = 5e-3
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
-LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+# bench's layout names -> the harness's
+LAYOUTS = {"nchw": "contiguous", "channels_last": "channels_last"}
 
 
 def _csv(choices):
@@ -77,6 +74,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="only layers whose name contains this text (repeatable)")
     parser.add_argument("--budget", type=float, default=0.1,
                         help="seconds of timed repeats per measurement (default 0.1)")
+    parser.add_argument("--probe-budget", type=float, default=0.3,
+                        help="seconds per probe of the device's ceilings and limits, run at "
+                             "the start and the end (default 0.3)")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="time replays of a captured CUDA graph (no Python overhead)")
     parser.add_argument("--threads", type=int, default=None,
@@ -107,56 +107,50 @@ def select_layers(models, ops, *, device="cpu", batch=8, per_op=None, max_gflop=
     return chosen
 
 
+def call_options(layer: Layer) -> dict:
+    """The keyword arguments of the layer's cnnops call (batch norm: training mode, batch
+    statistics and running stats updated, the costly case of the two)."""
+    o = layer.opts
+    if layer.op == "conv2d":
+        return {k: o[k] for k in ("stride", "padding", "dilation", "groups")}
+    if layer.op == "max_pool2d":
+        return {k: o[k] for k in ("kernel_size", "stride", "padding", "dilation", "ceil_mode")}
+    if layer.op == "avg_pool2d":
+        return {k: o[k] for k in ("kernel_size", "stride", "padding", "ceil_mode",
+                                  "count_include_pad", "divisor_override")}
+    return {"training": True, "momentum": 0.1, "eps": o["eps"]}
+
+
 def make_inputs(layer: Layer, batch: int, dtype, layout: str, device, mode: str,
                 seed: int = 0) -> dict:
-    """Seeded random tensors for one call of `layer` (never zeros: they can hide bugs and run
-    faster than data). Leaves that the backward differentiates have requires_grad set."""
-    gen = torch.Generator().manual_seed(seed)
-    fmt = LAYOUTS[layout]
-    grad = mode == "fwdbwd"
-
-    def rand(*shape, scale=1.0, offset=0.0, memory_format=torch.contiguous_format):
-        t = (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale + offset)
-        t = t.to(device=device, dtype=dtype)
-        if len(shape) == 4:
-            t = t.contiguous(memory_format=memory_format)
-        return t.requires_grad_(grad)
-
-    o = layer.opts
-    c = layer.in_shape[0]
-    inputs = {"input": rand(batch, *layer.in_shape, memory_format=fmt)}
+    """Seeded layer-like random tensors for one call of `layer` (cnnops.tools.harness); with
+    mode fwdbwd the differentiated leaves have requires_grad set, plus a `grad_output`."""
+    o, c = layer.opts, layer.in_shape[0]
+    shape = (batch, *layer.in_shape)
     if layer.op == "conv2d":
-        fan_in = c // o["groups"] * o["kernel_size"][0] * o["kernel_size"][1]
-        inputs["weight"] = rand(o["out_channels"], c // o["groups"], *o["kernel_size"],
-                                scale=fan_in ** -0.5, memory_format=fmt)
-        inputs["bias"] = rand(o["out_channels"], scale=0.1) if o["bias"] else None
+        kw = dict(weight_shape=(o["out_channels"], c // o["groups"], *o["kernel_size"]),
+                  bias=o["bias"])
     elif layer.op == "batch_norm":
-        inputs["running_mean"] = torch.zeros(c, device=device, dtype=dtype)
-        inputs["running_var"] = torch.ones(c, device=device, dtype=dtype)
-        inputs["weight"] = rand(c, scale=0.2, offset=1.0) if o["affine"] else None
-        inputs["bias"] = rand(c, scale=0.2) if o["affine"] else None
-    if grad:
-        out_fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-        inputs["grad_output"] = rand(batch, *layer.out_shape, memory_format=out_fmt
-                                     ).requires_grad_(False)
+        kw = dict(weight_shape=(c,) if o["affine"] else None, bias=o["affine"],
+                  running_stats=True)
+    else:
+        kw = {}
+    inputs = harness.make_inputs(layer.op, shape, dtype=dtype, layout=LAYOUTS[layout],
+                                 device=device, seed=seed, scaled=True,
+                                 requires_grad=mode == "fwdbwd", **kw)
+    if layer.op == "batch_norm":  # fresh running stats, as a new layer has them
+        inputs["running_mean"].zero_()
+        inputs["running_var"].fill_(1.0)
+    if mode == "fwdbwd":
+        inputs["grad_output"] = harness.random_tensor(
+            (batch, *layer.out_shape), dtype=dtype, layout=LAYOUTS[layout], device=device,
+            seed=seed + 1)
     return inputs
 
 
 def forward(layer: Layer, inputs: dict, backend: str):
-    """One call of the layer's cnnops op with `backend`."""
-    o, x = layer.opts, inputs["input"]
-    if layer.op == "conv2d":
-        return cnnops.conv2d(x, inputs["weight"], inputs["bias"], o["stride"], o["padding"],
-                             o["dilation"], o["groups"], backend=backend)
-    if layer.op == "max_pool2d":
-        return cnnops.max_pool2d(x, o["kernel_size"], o["stride"], o["padding"], o["dilation"],
-                                 o["ceil_mode"], backend=backend)
-    if layer.op == "avg_pool2d":
-        return cnnops.avg_pool2d(x, o["kernel_size"], o["stride"], o["padding"], o["ceil_mode"],
-                                 o["count_include_pad"], o["divisor_override"], backend=backend)
-    # training mode: batch statistics, running stats updated, the costly case of the two
-    return cnnops.batch_norm(x, inputs["running_mean"], inputs["running_var"], inputs["weight"],
-                             inputs["bias"], True, 0.1, o["eps"], backend=backend)
+    """One call of the layer's cnnops op with `backend`; its output."""
+    return harness.call(layer.op, inputs, call_options(layer), backend)[0]
 
 
 def make_call(layer: Layer, inputs: dict, backend: str, mode: str):
@@ -164,7 +158,7 @@ def make_call(layer: Layer, inputs: dict, backend: str, mode: str):
     (and the gradients of every differentiated input)."""
     if mode == "fwd":
         return lambda: (forward(layer, inputs, backend),)
-    leaves = [t for k, t in inputs.items() if t is not None and t.requires_grad]
+    leaves = [t for k, t in inputs.items() if k in harness.DIFFERENTIABLE and t is not None]
 
     def fwdbwd():
         out = forward(layer, inputs, backend)
@@ -172,21 +166,28 @@ def make_call(layer: Layer, inputs: dict, backend: str, mode: str):
     return fwdbwd
 
 
+def float64_reference(layer: Layer, inputs: dict, mode: str):
+    """The torch backend's results on the same values in float64: what every backend, torch
+    in the benchmarked dtype included, is checked against (cnnops.tools.harness)."""
+    leaves = harness.fresh_leaves(inputs, dtype=torch.float64)
+    for k in inputs:
+        if k not in harness.DIFFERENTIABLE:
+            leaves[k].requires_grad_(False)
+    if mode != "fwdbwd":
+        for k in harness.DIFFERENTIABLE:
+            if k in leaves:
+                leaves[k].requires_grad_(False)
+    with torch.no_grad() if mode == "fwd" else torch.enable_grad():
+        return [r.detach() for r in make_call(layer, leaves, "torch", mode)()]
+
+
 def relative_error(results, references) -> float:
-    """max over tensors of ||a - b|| / ||b||, in float64."""
-    worst = 0.0
-    for a, b in zip(results, references):
-        a, b = a.detach().double(), b.detach().double()
-        if a.shape != b.shape:
-            return float("inf")
-        worst = max(worst, float((a - b).norm() / b.norm().clamp_min(1e-30)))
-    return worst
+    """max over tensors of max |a - b| / max |b|, in float64 (cnnops.tools.harness)."""
+    return harness.worst_error(results, references)
 
 
 def tolerance(dtype, device) -> float:
-    if dtype == torch.float32 and torch.device(device).type == "cuda":
-        return CUDA_FLOAT32_TOLERANCE
-    return TOLERANCE[dtype]
+    return harness.tolerance(dtype, device)
 
 
 def default_backends(device) -> list[str]:
@@ -214,7 +215,11 @@ def measure(layer, batch, dtype, layout, mode, device, backends, args) -> list[d
     common = dict(layer=layer.name, op=layer.op, models=list(layer.models), batch=batch,
                   dtype=timing.dtype_name(dtype), layout=layout, mode=mode, flops=flops,
                   bytes=nbytes)
-    rows, reference, torch_s = [], None, None
+    rows, torch_s = [], None
+    try:
+        reference = float64_reference(layer, inputs, mode)
+    except Exception as e:  # e.g. a float64 op torch lacks on this device
+        reference, reference_error = None, f"{type(e).__name__}: {e}"
     for backend in ["torch"] + [b for b in backends if b != "torch"]:
         row = dict(common, backend=backend, status="ok")
         rows.append(row)
@@ -231,18 +236,16 @@ def measure(layer, batch, dtype, layout, mode, device, backends, args) -> list[d
         except Exception as e:  # a kernel that fails is reported, and the run goes on
             row.update(status="error", reason=f"{type(e).__name__}: {e}")
             continue
-        if backend == "torch":
-            reference = [r.detach().clone() for r in results]
-        elif reference is None:
-            row.update(status="error", reason="the torch baseline failed: nothing to check "
-                                              "this result against, so it is not timed")
+        if reference is None:
+            row.update(status="error", reason=f"torch in float64 failed ({reference_error}): "
+                                              f"nothing to check this result against, so it "
+                                              f"is not timed")
             continue
-        else:
-            row["rel_error"] = relative_error(results, reference)
-            if not row["rel_error"] <= tolerance(dtype, device):
-                row.update(status="wrong", reason=f"||out - torch|| / ||torch|| = "
-                           f"{row['rel_error']:.2e} > {tolerance(dtype, device):.0e}")
-                continue
+        row["rel_error"] = relative_error(results, reference)
+        if not row["rel_error"] <= tolerance(dtype, device):
+            row.update(status="wrong", reason=f"max|out - torch float64| / max|torch float64| "
+                       f"= {row['rel_error']:.2e} > {tolerance(dtype, device):.0e}")
+            continue
         try:
             t = timing.time_call(call, device, budget_s=args.budget, cuda_graph=args.cuda_graph)
         except Exception as e:  # e.g. a call that cannot be captured in a CUDA graph
@@ -264,9 +267,26 @@ def add_roofline(rows, ceilings) -> None:
             row["roofline"] = row["roofline_floor_s"] / row["time_s"]
 
 
+def add_cpu_limits(rows, limits) -> None:
+    """Each timed row's rate as a fraction of the CPU's FMA peak (flops) and of its copy
+    bandwidth (bytes): how far each kernel is from what the hardware can do at all."""
+    for row in rows:
+        if not row.get("time_s"):
+            continue
+        # the probe is float32; float64 FMAs fill the same vector units with half the lanes
+        lanes = {"float32": 1.0, "float64": 0.5}.get(row["dtype"])
+        if limits.get("fma_peak_flops") and lanes:
+            row["fma_peak_fraction"] = (row["flops"] / row["time_s"]
+                                        / (lanes * limits["fma_peak_flops"]))
+        if limits.get("copy_bandwidth"):
+            row["copy_fraction"] = row["bytes"] / row["time_s"] / limits["copy_bandwidth"]
+
+
 def run(args: argparse.Namespace) -> int:
     from cnnops.tools import report as bench_report
 
+    if not args.no_chart:  # checked first: the chart is drawn after minutes of timing
+        require("python -m cnnops bench (its PNG chart; or --no-chart)", "matplotlib")
     device = torch.device(args.device or default_device())
     if device.type == "cuda" and not torch.cuda.is_available():
         print("bench: --device cuda but torch sees no GPU here", file=sys.stderr)
@@ -291,7 +311,10 @@ def run(args: argparse.Namespace) -> int:
           f"{len(args.mode)} modes on {device} (batch {batch}), backends "
           f"{['torch'] + [b for b in backends if b != 'torch']}; measuring ceilings ...",
           flush=True)
-    before = timing.measure_ceilings(device, dtypes)
+    probe = args.probe_budget
+    before = timing.measure_ceilings(device, dtypes, budget_s=probe)
+    cpu = device.type == "cpu"
+    limits_before = timing.cpu_limits(torch.get_num_threads(), probe) if cpu else None
     rows = []
     for i, layer in enumerate(layers):
         print(f"bench: [{i + 1}/{len(layers)}] {layer.name}", file=sys.stderr, flush=True)
@@ -300,8 +323,13 @@ def run(args: argparse.Namespace) -> int:
                 for mode in args.mode:
                     rows += measure(layer, batch, dtype, layout, mode, device, backends, args)
     # probed again at the end, the better of the two kept: a busy moment lowers one probe
-    ceilings = timing.best_ceilings(before, timing.measure_ceilings(device, dtypes))
+    ceilings = timing.best_ceilings(before, timing.measure_ceilings(device, dtypes,
+                                                                    budget_s=probe))
     add_roofline(rows, ceilings)
+    if cpu:
+        ceilings["cpu_limits"] = timing.best_cpu_limits(
+            limits_before, timing.cpu_limits(torch.get_num_threads(), probe))
+        add_cpu_limits(rows, ceilings["cpu_limits"])
     report = bench_report.Report(bench_report.environment(device), ceilings, rows,
                                  dict(vars(args), device=str(device), batch=batch,
                                       backends=backends, run=None),

@@ -18,12 +18,9 @@ import torch
 
 import cnnops
 
-OPS = ("conv2d", "max_pool2d", "avg_pool2d", "batch_norm")
-DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
-          "bfloat16": torch.bfloat16}
-# Max relative error (max |a - b| / max |b|) allowed, by dtype; float32 on CUDA allows for TF32.
-TOLERANCE = {"float64": 1e-9, "float32": 5e-4, "float16": 1e-2, "bfloat16": 5e-2}
-CUDA_FLOAT32_TOLERANCE = 5e-3
+from cnnops.tools import harness
+from cnnops.tools.harness import (CUDA_FLOAT32_TOLERANCE, DTYPES, OPS,  # noqa: F401 (API)
+                                  TOLERANCE)
 
 
 @dataclasses.dataclass
@@ -47,81 +44,20 @@ class Case:
         return f"Case({fields})"
 
 
-def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
-    if layout == "channels_last" and t.dim() == 4:
-        return t.contiguous(memory_format=torch.channels_last)
-    if layout == "strided":  # a non-contiguous view: every other column of a wider tensor
-        wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
-        wide[..., ::2] = t
-        return wide[..., ::2]
-    return t
-
-
 def _make_inputs(case: Case, device) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(case.seed)
-    dtype = DTYPES[case.dtype]
-
-    def draw(shape, positive=False):
-        t = torch.rand(shape, generator=g, dtype=torch.float64) + 0.5 if positive else \
-            torch.randn(shape, generator=g, dtype=torch.float64)
-        return t.to(device=device, dtype=dtype)
-
-    x = draw(case.input_shape)
-    if case.nan:
-        x.view(-1)[torch.randint(x.numel(), (max(1, x.numel() // 20),), generator=g)] = float("nan")
-    tensors = {"input": _layout(x, case.layout)}
-    if case.op == "conv2d":
-        tensors["weight"] = _layout(draw(case.weight_shape), case.layout)
-        if case.bias:
-            tensors["bias"] = draw(case.weight_shape[:1])
-    if case.op == "batch_norm":
-        c = case.input_shape[1]
-        if case.weight_shape:
-            tensors["weight"] = draw((c,))
-        if case.bias:
-            tensors["bias"] = draw((c,))
-        if case.running_stats:
-            tensors["running_mean"] = draw((c,))
-            tensors["running_var"] = draw((c,), positive=True)
-    return tensors
+    return harness.make_inputs(case.op, case.input_shape, weight_shape=case.weight_shape,
+                               bias=case.bias, running_stats=case.running_stats,
+                               dtype=case.dtype, layout=case.layout, device=device,
+                               seed=case.seed, nan=case.nan)
 
 
 def _call(case: Case, tensors: dict, backend: str):
-    """Runs the op; returns (outputs to compare, differentiable leaves)."""
-    leaves = {k: v.detach().clone().requires_grad_(k in ("input", "weight", "bias"))
-              if k not in ("running_mean", "running_var") else v.clone() for k, v in tensors.items()}
-    # a strided input stays strided: clone() keeps strides for non-overlapping dense views only
-    leaves["input"] = _layout(tensors["input"].detach().clone(), case.layout).requires_grad_()
-    if case.op == "conv2d":
-        out = cnnops.conv2d(leaves["input"], leaves["weight"], leaves.get("bias"), **case.kwargs,
-                            backend=backend)
-        return [out], leaves
-    if case.op == "max_pool2d":
-        out, idx = cnnops.max_pool2d(leaves["input"], **case.kwargs, return_indices=True,
-                                     backend=backend)
-        return [out, idx], leaves
-    if case.op == "avg_pool2d":
-        return [cnnops.avg_pool2d(leaves["input"], **case.kwargs, backend=backend)], leaves
-    out = cnnops.batch_norm(leaves["input"], leaves.get("running_mean"),
-                            leaves.get("running_var"), leaves.get("weight"), leaves.get("bias"),
-                            **case.kwargs, backend=backend)
-    return [out, leaves.get("running_mean"), leaves.get("running_var")], leaves
+    """Runs the op on fresh leaves; returns (outputs to compare, differentiable leaves)."""
+    leaves = harness.fresh_leaves(tensors, case.layout)
+    return harness.call(case.op, leaves, case.kwargs, backend), leaves
 
 
-def _rel_err(a: torch.Tensor | None, b: torch.Tensor | None) -> float:
-    if a is None or b is None:
-        return 0.0 if a is b else float("inf")
-    if a.shape != b.shape:
-        return float("inf")
-    if not a.is_floating_point():
-        return 0.0 if torch.equal(a, b) else float("inf")
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    if not torch.equal(a.isnan(), b.isnan()):
-        return float("inf")
-    a, b = a.nan_to_num(0.0), b.nan_to_num(0.0)
-    if a.numel() == 0:
-        return 0.0
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+_rel_err = harness.rel_error
 
 
 @dataclasses.dataclass
@@ -138,15 +74,13 @@ class Result:
 
 def compare(case: Case, backend: str, device="cpu") -> Result:
     """Runs `case` on `backend` and on `torch`; relative errors of outputs and gradients."""
-    tol = TOLERANCE[case.dtype]
-    if case.dtype == "float32" and torch.device(device).type == "cuda":
-        tol = CUDA_FLOAT32_TOLERANCE
+    tol = harness.tolerance(case.dtype, device)
     tensors = _make_inputs(case, device)
     # The baseline is torch on the same values in float64: the truth every dtype is held to.
     # (It also sidesteps a crash of torch 2.13's CPU conv2d in float32 with channels-last
     # input, weight and bias, e.g. input (3, 2, 5, 1), weight (1, 2, 4, 1), stride (1, 3),
     # padding 2, dilation (1, 2).)
-    want, want_leaves = _call(case, {k: v.double() for k, v in tensors.items()}, "torch")
+    want, want_leaves = harness.float64_reference(case.op, tensors, case.kwargs, case.layout)
     try:
         got, got_leaves = _call(case, tensors, backend)
     except Exception as e:  # reported as a failure with its message, not raised

@@ -97,13 +97,16 @@ def _cells(row) -> list[str]:
     ok = row["status"] == "ok"
     speedup = f"{row['speedup']:.2f}x" if ok and row.get("speedup") else "-"
     roofline = f"{100 * row['roofline']:.1f}%" if ok else "-"
+    fma = f"{100 * row['fma_peak_fraction']:.1f}%" if ok and "fma_peak_fraction" in row else "-"
+    copy = f"{100 * row['copy_fraction']:.1f}%" if ok and "copy_fraction" in row else "-"
     note = "" if ok else f"{row['status']}: {row.get('reason', '')}"
     return [row["layer"], row["backend"], f"{row['dtype']} {row['layout']} {row['mode']}",
-            _time(row.get("time_s")), _rate(row), speedup, roofline, note]
+            _time(row.get("time_s")), _rate(row), speedup, roofline, fma, copy, note]
 
 
+# "FMA peak" and "copy BW": the CPU's hard limits (timing.cpu_limits), "-" on GPU
 HEADER = ["layer", "backend", "dtype layout mode", "time", "rate", "vs torch", "roofline",
-          "note"]
+          "FMA peak", "copy BW", "note"]
 
 
 @dataclass
@@ -117,8 +120,17 @@ class Report:
     def ceiling_lines(self) -> list[str]:
         peaks = ", ".join(f"{d} {v / 1e12:.3g} TFLOP/s" for d, v in
                           self.ceilings["peak_flops"].items())
-        return [f"bandwidth (copy, read + write): {self.ceilings['bandwidth'] / 1e9:.3g} GB/s",
-                f"arithmetic rate (the faster of a matrix product and a 3x3 conv): {peaks}"]
+        lines = [f"bandwidth (copy, read + write): {self.ceilings['bandwidth'] / 1e9:.3g} GB/s",
+                 f"arithmetic rate (the faster of a matrix product and a 3x3 conv): {peaks}"]
+        limits = self.ceilings.get("cpu_limits")
+        if limits:
+            fma = limits["fma_peak_flops"]
+            lines += [f"CPU limits at {limits['threads']} threads: FMA peak float32 "
+                      + (f"{fma / 1e9:.4g} GFLOP/s" if fma else "n/a")
+                      + f" ({limits['fma_source']}); copy bandwidth "
+                      f"{limits['copy_bandwidth'] / 1e9:.3g} GB/s ({limits['copy_source']}); "
+                      f"each layer's rate as a fraction of them: columns FMA peak, copy BW"]
+        return lines
 
     def table(self) -> str:
         lines = [[str(c) for c in HEADER]] + [_cells(r) for r in self.rows]

@@ -153,3 +153,50 @@ def roofline_floor_s(flops: float, nbytes: float, ceilings: dict, dtype) -> floa
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def _peak_library():
+    """(the extension loaded with ctypes, None) when it exports the CPU limit probes of
+    kernels/cpu/peak.cpp, else (None, why not)."""
+    import ctypes
+
+    try:
+        import cnnops._C as extension
+    except ImportError as e:
+        return None, f"the native extension is not built ({e})"
+    try:
+        lib = ctypes.CDLL(extension.__file__)
+        for name in ("cnnops_cpu_fma_peak_gflops", "cnnops_cpu_copy_gbps"):
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = [ctypes.c_int, ctypes.c_double], ctypes.c_double
+    except (OSError, AttributeError) as e:
+        return None, f"the built extension has no CPU limit probes (rebuild it; {e})"
+    return lib, None
+
+
+def cpu_limits(threads: int | None = None, seconds: float = 0.25) -> dict:
+    """The CPU's two hard limits at `threads` threads, measured now: the float32 FMA peak
+    (a loop of independent vector FMAs: no kernel can beat it) and the copy bandwidth (bytes
+    read plus written per second of a copy far larger than the caches). Both from the native
+    extension's probes (kernels/cpu/peak.cpp) when it has them; otherwise the bandwidth is a
+    torch copy, labelled as such, and the FMA peak is None ("n/a": Python cannot measure it)."""
+    threads = threads or torch.get_num_threads()
+    lib, why_not = _peak_library()
+    if lib is not None:
+        return {"threads": threads,
+                "fma_peak_flops": lib.cnnops_cpu_fma_peak_gflops(threads, seconds) * 1e9,
+                "fma_source": "cnnops._C probe: independent vector FMAs (kernels/cpu/peak.cpp)",
+                "copy_bandwidth": lib.cnnops_cpu_copy_gbps(threads, seconds) * 1e9,
+                "copy_source": "cnnops._C probe: memcpy of 256 MiB (kernels/cpu/peak.cpp)"}
+    return {"threads": threads, "fma_peak_flops": None, "fma_source": f"n/a: {why_not}",
+            "copy_bandwidth": measure_bandwidth("cpu", budget_s=seconds),
+            "copy_source": f"fallback, torch copy_ of 128 MiB: {why_not}"}
+
+
+def best_cpu_limits(a: dict, b: dict) -> dict:
+    """The higher of two probes of each limit (a busy moment lowers one of them)."""
+    best = dict(a)
+    for key in ("fma_peak_flops", "copy_bandwidth"):
+        values = [v for v in (a[key], b[key]) if v is not None]
+        best[key] = max(values) if values else None
+    return best
