@@ -1,8 +1,8 @@
 """The `triton` backend: Triton kernels for conv2d, max/avg pooling and batch norm.
 
 Importing this package never imports Triton and never fails: it registers `TritonBackend`,
-whose `unavailable_reason` says what is missing. The kernels (`conv2d.py`, `pool2d.py`,
-`batch_norm.py`) and their custom ops (namespace `cnnops_triton`) are imported on the first
+whose `unavailable_reason` says what is missing. The kernels (`conv2d.py`, `max_pool2d.py`,
+`avg_pool2d.py`, `batch_norm.py`) and their custom ops (namespace `cnnops_triton`) are imported on the first
 call. That first import fixes whether the kernels are compiled for the GPU or run by
 Triton's interpreter: set TRITON_INTERPRET=1 before the first triton call to run on CPU
 tensors (tiny shapes only). See README.md in this folder.
@@ -23,7 +23,7 @@ MIN_TRITON = (3, 6)
 INSTALL_HINT = "pip install triton>=3.6"
 CPU_HINT = ("Triton runs on CUDA; for CPU tensors set TRITON_INTERPRET=1 "
             "(interpreter, tiny shapes only)")
-_KERNEL_MODULES = ("conv2d", "pool2d", "batch_norm")
+_KERNEL_MODULES = ("conv2d", "max_pool2d", "avg_pool2d", "batch_norm")
 
 
 _UNKNOWN = object()
@@ -87,8 +87,6 @@ def ops():
 INT32_LIMIT = 2**31
 
 
-
-
 class TritonBackend(Backend):
     name = "triton"
 
@@ -129,29 +127,31 @@ class TritonBackend(Backend):
         return None
 
     def conv2d(self, input, weight, bias, stride, padding, dilation, groups, activation):
-        n, _, h, w = input.shape
         return ops().conv2d.conv2d(input, weight, bias, list(stride), list(padding),
                                    list(dilation), groups, activation == "relu")
 
     def max_pool2d(self, input, kernel_size, stride, padding, dilation, ceil_mode):
-        return ops().pool2d.max_pool2d(input, list(kernel_size), list(stride), list(padding),
-                                       list(dilation), bool(ceil_mode))
+        return ops().max_pool2d.max_pool2d(input, list(kernel_size), list(stride),
+                                           list(padding), list(dilation), bool(ceil_mode))
 
     def avg_pool2d(self, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                    divisor_override):
-        return ops().pool2d.avg_pool2d(input, list(kernel_size), list(stride), list(padding),
-                                       bool(ceil_mode), bool(count_include_pad),
-                                       divisor_override)
+        return ops().avg_pool2d.avg_pool2d(input, list(kernel_size), list(stride),
+                                           list(padding), bool(ceil_mode),
+                                           bool(count_include_pad), divisor_override)
 
     def batch_norm(self, input, running_mean, running_var, weight, bias, training, momentum,
                    eps):
-        bn = ops().batch_norm
-        if training:
-            # the statistics op is not differentiable; batch_norm's backward covers them
-            mean, invstd = bn.batch_norm_stats(input.detach(), running_mean, running_var,
-                                               float(momentum), float(eps))
-            return bn.batch_norm(input, weight, bias, mean, invstd, True, float(eps))
-        return bn.batch_norm(input, weight, bias, running_mean, running_var, False, float(eps))
+        """The op is functional: it returns the new running estimates (training with running
+        statistics), copied here into the caller's buffers, as every backend does."""
+        output, _, _, new_mean, new_var = ops().batch_norm.batch_norm(
+            input, weight, bias, running_mean, running_var, bool(training), float(momentum),
+            float(eps))
+        if training and running_mean is not None:
+            with torch.no_grad():
+                running_mean.copy_(new_mean)
+                running_var.copy_(new_var)
+        return output
 
 
 BACKEND = TritonBackend()

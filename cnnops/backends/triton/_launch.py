@@ -13,6 +13,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from torch._prims_common import suggest_memory_format
 from torch.library import wrap_triton
 
 try:  # Triton >= 3.4 keeps its environment switches in `knobs`
@@ -48,16 +49,20 @@ def launch(kernel, grid, *args, **meta) -> None:
         wrap_triton(kernel)[grid](*args, **meta)
 
 
-def kernel_op(name: str, *, mutates_args):
+def kernel_op(name: str, *, mutates_args, use_triton_op: bool | None = None):
     """Registers `fn` as the custom op `name` (namespace cnnops_triton).
 
     On the GPU: `torch.library.triton_op`, so torch.compile sees the kernels inside (their
     launches go through `launch` -> wrap_triton) and the function itself is the fake impl.
     Under the interpreter the kernels cannot be traced: an opaque `torch.library.custom_op`
     with the same function as fake impl (`launch` skips the kernels on fake tensors).
+    `use_triton_op` forces one branch (tests run the triton_op branch under the interpreter;
+    see README.md, "Registration", for what that can and cannot show).
     """
+    triton_op = (not INTERPRETED) if use_triton_op is None else use_triton_op
+
     def register(fn):
-        if not INTERPRETED:
+        if triton_op:
             return torch.library.triton_op(name, fn, mutates_args=mutates_args)
         op = torch.library.custom_op(name, fn, mutates_args=mutates_args)
         op.register_fake(fn)
@@ -83,3 +88,55 @@ def configs(full: list[triton.Config], interpreted: triton.Config) -> list[trito
 
 
 cdiv = triton.cdiv
+
+
+# Exact arithmetic. On NVIDIA GPUs Triton lowers a float32 `/` to `div.full.f32` (about 2 ulp)
+# and `tl.sqrt` to `sqrt.approx.f32`; PyTorch's kernels round correctly. `tl.div_rn` and
+# `tl.sqrt_rn` are IEEE round-to-nearest (`div.rn.f32`, `sqrt.rn.f32`) but accept float32
+# only; float64 `/` and `tl.sqrt` are already `div.rn.f64` / `sqrt.rn.f64`. Kernels that divide
+# or take square roots of data (batch norm, average pooling) use these two.
+@triton.jit
+def div_rn(a, b, ACC_TYPE: tl.constexpr):
+    """a / b rounded to nearest in ACC_TYPE (float32 or float64)."""
+    if ACC_TYPE == tl.float64:
+        q = a / b
+    else:
+        q = tl.div_rn(a, b)
+    return q
+
+
+@triton.jit
+def sqrt_rn(a, ACC_TYPE: tl.constexpr):
+    """sqrt(a) rounded to nearest in ACC_TYPE (float32 or float64)."""
+    if ACC_TYPE == tl.float64:
+        r = tl.sqrt(a)
+    else:
+        r = tl.sqrt_rn(a)
+    return r
+
+
+@triton.jit
+def decode_nchw(idx, C, P, Q, CHANNELS_LAST: tl.constexpr):
+    """Flat index in memory order of an (N, C, P, Q) tensor -> (n, c, p, q): channels
+    fastest when CHANNELS_LAST, so neighbouring lanes touch neighbouring addresses."""
+    if CHANNELS_LAST:
+        c = idx % C
+        q = (idx // C) % Q
+        p = (idx // (C * Q)) % P
+        n = idx // (C * Q * P)
+    else:
+        q = idx % Q
+        p = (idx // Q) % P
+        c = (idx // (Q * P)) % C
+        n = idx // (Q * P * C)
+    return n, c, p, q
+
+
+def empty_like_format(x: torch.Tensor, shape, dtype=None) -> torch.Tensor:
+    """A new (N, C, H, W) tensor in x's memory format (channels-last stays channels-last)."""
+    return torch.empty(shape, dtype=x.dtype if dtype is None else dtype, device=x.device,
+                       memory_format=suggest_memory_format(x))
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    return suggest_memory_format(t) == torch.channels_last
