@@ -23,8 +23,8 @@ def _load(name: str):
     except ModuleNotFoundError as e:
         root = (e.name or "").split(".")[0]
         if root in EXTRA_PACKAGES:
-            print(f"python -m cnnops {name}: needs {EXTRA_PACKAGES[root]}, which is not "
-                  f"installed: {INSTALL_HINT}", file=sys.stderr)
+            print(f"python -m cnnops {name}: needs {EXTRA_PACKAGES[root]} (not "
+                  f"installed): {INSTALL_HINT}", file=sys.stderr)
         elif e.name == f"cnnops.tools.{name}":
             print(f"python -m cnnops {name}: not available in this version "
                   f"(no module cnnops.tools.{name})", file=sys.stderr)

@@ -23,4 +23,4 @@ def require(what: str, *modules: str) -> None:
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         names = ", ".join(EXTRA_PACKAGES.get(m, m) for m in missing)
-        raise MissingExtra(f"{what} needs {names}, which is not installed: {INSTALL_HINT}")
+        raise MissingExtra(f"{what} needs {names} (not installed): {INSTALL_HINT}")

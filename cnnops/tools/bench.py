@@ -286,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
     from cnnops.tools import report as bench_report
 
     if not args.no_chart:  # checked first: the chart is drawn after minutes of timing
-        require("python -m cnnops bench (its PNG chart; or --no-chart)", "matplotlib")
+        require("the PNG chart (or pass --no-chart)", "matplotlib")
     device = torch.device(args.device or default_device())
     if device.type == "cuda" and not torch.cuda.is_available():
         print("bench: --device cuda but torch sees no GPU here", file=sys.stderr)
