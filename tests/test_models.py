@@ -173,6 +173,19 @@ def test_nin_and_alexnet_dropout_option():
 
 def test_unknown_backend_name_is_rejected():
     model = lenet(backend="xyz")
-    with pytest.raises(ValueError, match="xyz"):
+    with pytest.raises(ValueError, match="xyz") as info:
         model(torch.rand(1, 1, 28, 28))
-    assert "torch" in cnnops.available_backends("cpu")
+    # ... with the names that would work
+    for name in cnnops._dispatch.BACKEND_NAMES:
+        assert repr(name) in str(info.value)
+    # the same weights on a real backend name compute the function
+    good = lenet(backend="torch")
+    good.load_state_dict(model.state_dict())
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(good(x), book_lenet_with(model.state_dict())(x))
+
+
+def book_lenet_with(state):
+    reference = book_lenet()
+    reference.load_state_dict(state)
+    return reference
