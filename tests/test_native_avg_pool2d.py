@@ -1,4 +1,4 @@
-"""The native avg_pool2d (kernels/avg_pool2d_*.{cpp,cu}) against torch.nn.functional.avg_pool2d.
+"""The native avg_pool2d (kernels/{cpu,cuda}/avg_pool2d.*) against torch.nn.functional.avg_pool2d.
 
 Every combination of ceil_mode, count_include_pad and divisor_override over windows that
 clip differently at the edges, in float64 and float32 on the CPU, layouts and views,
@@ -14,6 +14,7 @@ import cnnops
 from differential import assert_close as _assert_close
 
 from backend_support import native_only, needs_cuda
+from cnnops.shapes import pool2d_output_hw
 
 pytestmark = native_only
 
@@ -27,7 +28,11 @@ GEOMETRIES = {
     "stride_gt_kernel": ((1, 2, 13, 11), 2, 3, 1),
     "k5_s3_p2": ((2, 1, 12, 8), 5, 3, 2),
     "whole_plane": ((2, 2, 5, 4), (5, 4), None, 0),
+    # windows wider than the (padded) input: only with ceil_mode (test_ceil_window_wider)
+    "window_wider": ((2, 2, 6, 3), (2, 4), None, 0),
+    "window_wider_pad": ((1, 2, 4, 3), (3, 6), (2, 6), (1, 1)),
 }
+WIDE = ("window_wider", "window_wider_pad")
 OPTIONS = list(itertools.product([False, True], [True, False], [None, 3, -2]))  # ceil, cip, div
 
 
@@ -63,7 +68,7 @@ def _option_id(options):
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=_option_id)
-@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("geometry", [g for g in GEOMETRIES if g not in WIDE])
 def test_matches_torch_float64(geometry, options):
     _compare(_input(GEOMETRIES[geometry][0]), _kwargs(geometry, options), 1e-12, 1e-12)
 
@@ -73,6 +78,14 @@ def test_matches_torch_float64(geometry, options):
 def test_matches_torch_float32(geometry, options):
     x = _input(GEOMETRIES[geometry][0], torch.float32)
     _compare(x, _kwargs(geometry, options), 1e-6, 1e-5)
+
+
+@pytest.mark.parametrize("options", [o for o in OPTIONS if o[0]], ids=_option_id)
+@pytest.mark.parametrize("geometry", WIDE)
+def test_ceil_window_wider(geometry, options):
+    """ceil_mode with a window wider than the input: torch gives one clipped window (e.g. a
+    (6, 3) plane, kernel (2, 4) -> (3, 1))."""
+    _compare(_input(GEOMETRIES[geometry][0]), _kwargs(geometry, options), 1e-12, 1e-12)
 
 
 def test_unbatched_input():
@@ -121,13 +134,21 @@ def test_gradgradcheck():
         lambda t: cnnops.avg_pool2d(t, **kwargs, backend="native"), (x,))
 
 
+def _raw_args(x, divisor_override=None, shape=((3, 2), (2, 1), (1, 1))):
+    """The raw ops' arguments after the tensors (kernel_size, stride, padding,
+    count_include_pad, divisor_override), and the forward's output_size (ceil_mode)."""
+    out_hw = [*pool2d_output_hw(x.shape[-2:], *shape, (1, 1), True)]
+    return ([*shape[0]], [*shape[1]], [*shape[2]], False, divisor_override), out_hw
+
+
 @pytest.mark.parametrize("divisor_override", [None, 4])
-def test_opcheck(divisor_override):
-    x = _input((2, 3, 9, 8))
-    args = ([3, 2], [2, 1], [1, 1], True, False, divisor_override)
-    torch.library.opcheck(torch.ops.cnnops.avg_pool2d.default, (x, *args))
-    torch.library.opcheck(torch.ops.cnnops.avg_pool2d.default, (x.detach(), *args))
-    out = torch.ops.cnnops.avg_pool2d(x.detach(), *args)
+@pytest.mark.parametrize("shape", [(2, 3, 9, 8), (1, 2, 4, 1)])
+def test_opcheck(divisor_override, shape):
+    x = _input(shape)
+    args, out_hw = _raw_args(x, divisor_override)
+    torch.library.opcheck(torch.ops.cnnops.avg_pool2d.default, (x, *args, out_hw))
+    torch.library.opcheck(torch.ops.cnnops.avg_pool2d.default, (x.detach(), *args, out_hw))
+    out = torch.ops.cnnops.avg_pool2d(x.detach(), *args, out_hw)
     torch.library.opcheck(torch.ops.cnnops.avg_pool2d_grad_input.default,
                           (torch.randn_like(out), x.detach(), *args))
     torch.library.opcheck(torch.ops.cnnops.avg_pool2d_grad_input.default,
@@ -153,8 +174,8 @@ def test_cuda_channels_last_and_opcheck():
     x = _input((2, 5, 9, 8), device="cuda").detach()
     _compare(x.contiguous(memory_format=torch.channels_last).requires_grad_(),
              _kwargs("k3_s2_p1", (True, False, None)), 1e-12, 1e-12)
-    args = ([3, 2], [2, 1], [1, 1], True, False, None)
-    torch.library.opcheck(torch.ops.cnnops.avg_pool2d.default, (x, *args))
-    out = torch.ops.cnnops.avg_pool2d(x, *args)
+    args, out_hw = _raw_args(x)
+    torch.library.opcheck(torch.ops.cnnops.avg_pool2d.default, (x, *args, out_hw))
+    out = torch.ops.cnnops.avg_pool2d(x, *args, out_hw)
     torch.library.opcheck(torch.ops.cnnops.avg_pool2d_grad_input.default,
                           (torch.randn_like(out), x, *args))

@@ -1,11 +1,11 @@
-"""The native batch_norm (kernels/batch_norm_*.{cpp,cu}, cnnops/native/batch_norm.py) against
-torch.nn.functional.batch_norm.
+"""The native batch_norm (kernels/{cpu,cuda}/batch_norm.*, kernels/binding/batch_norm.cpp, the
+backend method in cnnops/backends/native.py) against torch.nn.functional.batch_norm.
 
 Output, running statistics after the call and gradients, training and eval, (N, C), (N, C, L)
 and (N, C, H, W) input, with and without weight / bias / running stats, momentum 0 and 1,
 channels-last and non-contiguous input, in float64 and float32 on the CPU; gradcheck of the
-backward; opcheck of both ops; errors; the cnnops.batch_norm / cnnops.nn path with the backend
-wired in; CUDA tests for every dtype (skipped without a GPU).
+backward; opcheck of both ops; empty batches; the binding's internal checks; the
+cnnops.batch_norm / cnnops.nn path; CUDA tests for every dtype (skipped without a GPU).
 """
 import pytest
 import torch
@@ -14,11 +14,17 @@ import torch.nn.functional as F
 import cnnops
 from differential import first_mismatches
 
-from backend_support import NATIVE, NATIVE_REASON, native_only, needs_cuda
+from backend_support import NATIVE, native_only, needs_cuda
 
 pytestmark = native_only
-if NATIVE_REASON is None:
-    from cnnops.backends.native import _batch_norm as batch_norm
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5):
+    """The backend method (functional op + copy of the new running stats), F.batch_norm's
+    argument order."""
+    return NATIVE.batch_norm(input, running_mean, running_var, weight, bias, training, momentum,
+                             eps)
 
 # (dtype, atol, rtol) against F.batch_norm in the same dtype
 TOLERANCES = [(torch.float64, 1e-10, 1e-10), (torch.float32, 2e-5, 2e-5)]
@@ -162,15 +168,33 @@ def test_float32_off_centre(scale, shift, training, channels_last):
     _assert_close(stats["ours"][1].double(), exact_stats[1], 0, 1e-6, "running_var")
 
 
-def test_empty_batch():
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape", [(0, 3, 4), (0, 3), (0, 3, 2, 2)], ids=["NCL", "NC", "NCHW"])
+def test_empty_batch(shape, training):
+    """A data loader's last, empty batch: torch returns an empty output, leaves the running
+    stats as they were, and the backward gives an empty grad_input and zero weight / bias
+    grads."""
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    w, b, rm, rv = _params(3, torch.float64)
+    w.requires_grad_(), b.requires_grad_()
+    x_ref, w_ref, b_ref = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    rm_ref, rv_ref = rm.clone(), rv.clone()
+    rm_before, rv_before = rm.clone(), rv.clone()
+    y = batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5)
+    y_ref = F.batch_norm(x_ref, rm_ref, rv_ref, w_ref, b_ref, training, 0.1, 1e-5)
+    assert y.shape == y_ref.shape == x.shape and y.dtype == y_ref.dtype
+    assert torch.equal(rm, rm_before) and torch.equal(rv, rv_before)
+    assert torch.equal(rm, rm_ref) and torch.equal(rv, rv_ref)
+    grads = torch.autograd.grad(y.sum(), (x, w, b))
+    grads_ref = torch.autograd.grad(y_ref.sum(), (x_ref, w_ref, b_ref))
+    for name, got, want in zip(("input", "weight", "bias"), grads, grads_ref):
+        assert got.shape == want.shape and torch.equal(got, want), name
+
+
+def test_empty_batch_opcheck():
     x = torch.randn(0, 3, 4, dtype=torch.float64, requires_grad=True)
     w, b, rm, rv = _params(3, torch.float64)
-    rm_before, rv_before = rm.clone(), rv.clone()
-    y = batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5)
-    assert y.shape == x.shape
-    assert torch.equal(rm, rm_before) and torch.equal(rv, rv_before)
-    (grad_x,) = torch.autograd.grad(y.sum(), x)
-    assert grad_x.shape == x.shape
+    torch.library.opcheck(torch.ops.cnnops.batch_norm.default, (x, w, b, rm, rv, True, 0.1, 1e-5))
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -212,7 +236,7 @@ def test_opcheck_forward(case):
     w, b, rm, rv = _params(4, torch.float64)
     if affine:
         w.requires_grad_(), b.requires_grad_()
-    torch.library.opcheck(torch.ops.cnnops.batch_norm_forward,
+    torch.library.opcheck(torch.ops.cnnops.batch_norm.default,
                           (x, w if affine else None, b if affine else None,
                            rm if has_stats else None, rv if has_stats else None, training, 0.1,
                            1e-5))
@@ -227,44 +251,40 @@ def test_opcheck_backward(training, mask, channels_last):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     w, _, rm, rv = _params(3, torch.float64)
-    _, mean, invstd, _, _ = torch.ops.cnnops.batch_norm_forward(x, w, None, rm, rv, training,
+    _, mean, invstd, _, _ = torch.ops.cnnops.batch_norm(x, w, None, rm, rv, training,
                                                                 0.1, 1e-5)
     grad = _randn(x.shape, torch.float64, seed=5)
-    torch.library.opcheck(torch.ops.cnnops.batch_norm_backward,
+    torch.library.opcheck(torch.ops.cnnops.batch_norm_grad.default,
                           (grad, x, w, mean, invstd, training, list(mask)))
 
 
-def test_errors():
+def test_binding_keeps_only_internal_checks():
+    """User errors are the validation layer's (cnnops/_validate.py). Called directly, the op
+    refuses only what would make its raw pointers read out of bounds or with the wrong type,
+    as an internal error; values torch accepts (a single value per channel, eps = 0) it
+    computes."""
     x = torch.randn(4, 3, 5)
     w, b, rm, rv = _params(3, torch.float32)
-    with pytest.raises(TypeError, match="float16"):
-        batch_norm(x.half(), rm.half(), rv.half(), None, None, True, 0.1, 1e-5)
-    with pytest.raises(TypeError, match="running_mean has dtype"):
-        batch_norm(x, rm.double(), rv, w, b, True, 0.1, 1e-5)
-    with pytest.raises(RuntimeError, match="more than 1 value per channel"):
-        batch_norm(torch.randn(1, 3), rm, rv, w, b, True, 0.1, 1e-5)
-    with pytest.raises(RuntimeError, match="training=False"):
-        batch_norm(x, None, None, w, b, False, 0.1, 1e-5)
-    with pytest.raises(RuntimeError, match=r"weight must have shape \(3\)"):
-        batch_norm(x, rm, rv, torch.ones(4), b, True, 0.1, 1e-5)
-    with pytest.raises(RuntimeError, match="at least 2 dims"):
-        batch_norm(torch.randn(5), None, None, None, None, True, 0.1, 1e-5)
+    bn = torch.ops.cnnops.batch_norm
+    with pytest.raises(RuntimeError, match="internal error.*running_mean"):
+        bn(x, w, b, rm.double(), rv, True, 0.1, 1e-5)
+    with pytest.raises(RuntimeError, match="internal error.*given together, and in eval"):
+        bn(x, w, b, None, None, False, 0.1, 1e-5)
+    with pytest.raises(RuntimeError, match=r"internal error.*weight must be a \(3\)"):
+        bn(x, torch.ones(4), b, rm, rv, True, 0.1, 1e-5)
+    with pytest.raises(RuntimeError, match=r"internal error.*\(N, C, \*\)"):
+        bn(torch.randn(5), None, None, None, None, True, 0.1, 1e-5)
+    y = bn(torch.randn(1, 3), w, b, rm, rv, True, 0.1, 1e-5)[0]  # torch's validation refuses
+    assert y.shape == (1, 3)
 
 
-@pytest.fixture
-def native_wired(monkeypatch):
-    """The native backend with batch_norm, whether or not the lead has wired it in yet."""
-    monkeypatch.setattr(type(NATIVE), "batch_norm",
-                        lambda self, *args: batch_norm(*args), raising=False)
-
-
-def test_functional_dispatch(native_wired):
+def test_functional_dispatch():
     x = _randn((3, 4, 6, 5), torch.float64).contiguous(memory_format=torch.channels_last)
     run = lambda *args: cnnops.batch_norm(*args, backend="native")  # noqa: E731
     _compare(run, x, *_params(4, torch.float64), True, 0.1, 1e-10, 1e-10)
 
 
-def test_layers_train_and_eval(native_wired):
+def test_layers_train_and_eval():
     """cnnops.nn.BatchNorm2d / BatchNorm1d on native against torch.nn: a few training steps
     (running stats, num_batches_tracked, momentum=None), then eval."""
     for ours, theirs, shape in ((cnnops.nn.BatchNorm2d, torch.nn.BatchNorm2d, (4, 3, 5, 5)),
@@ -318,5 +338,5 @@ def test_cuda_gradcheck_and_opcheck(training):
     assert torch.autograd.gradcheck(
         lambda x, w, b: batch_norm(x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-5),
         (x, w, b))
-    torch.library.opcheck(torch.ops.cnnops.batch_norm_forward,
+    torch.library.opcheck(torch.ops.cnnops.batch_norm.default,
                           (x, w, b, rm, rv, training, 0.1, 1e-5))

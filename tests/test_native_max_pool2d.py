@@ -1,8 +1,8 @@
-"""The native max_pool2d (kernels/max_pool2d_*.{cpp,cu}) against torch.nn.functional.max_pool2d.
+"""The native max_pool2d (kernels/{cpu,cuda}/max_pool2d.*) against torch.nn.functional.max_pool2d.
 
 Output, indices (exactly) and gradient over the options and edges in float64 and float32 on
-the CPU, NaN and -inf windows, ties, gradcheck, opcheck of the raw ops, and CUDA tests for
-every dtype (skipped without a GPU).
+the CPU (ceil_mode windows wider than the input included), NaN and -inf windows, ties,
+gradcheck, opcheck of the raw ops, and CUDA tests for every dtype (skipped without a GPU).
 """
 import pytest
 import torch
@@ -12,6 +12,7 @@ import cnnops
 from differential import assert_close as _assert_close
 
 from backend_support import native_only, needs_cuda
+from cnnops.shapes import pool2d_output_hw
 
 pytestmark = native_only
 
@@ -29,6 +30,10 @@ CASES = {
     "rect": ((3, 1, 7, 13), dict(kernel_size=(1, 5), stride=(1, 2), padding=(0, 2))),
     "whole_plane": ((2, 3, 5, 4), dict(kernel_size=(5, 4))),
     "c1_batch1": ((1, 1, 5, 5), dict(kernel_size=3, stride=1, padding=1)),
+    # ceil_mode with a window wider than the (padded) input: torch gives (3, 1) / (2, 1)
+    "ceil_window_wider": ((2, 2, 6, 3), dict(kernel_size=(2, 4), ceil_mode=True)),
+    "ceil_window_wider_pad": ((1, 2, 4, 3), dict(kernel_size=(3, 6), stride=(2, 6),
+                                                 padding=(1, 1), ceil_mode=True)),
 }
 
 
@@ -102,8 +107,17 @@ def test_all_minus_inf_window():
 def test_window_only_in_padding_is_refused():
     # W = 1, padding 1, dilation 2: the first window's taps are w = -1 and w = 1, both padding
     x = _input((1, 1, 3, 1)).detach()
-    with pytest.raises(RuntimeError, match="covers no input element"):
-        torch.ops.cnnops.max_pool2d(x, [1, 2], [1, 1], [0, 1], [1, 2], False)
+    # validation refuses it (ValueError); called directly, the op's internal check does
+    with pytest.raises(RuntimeError, match="internal error.*covers no input element"):
+        torch.ops.cnnops.max_pool2d(x, [1, 2], [1, 1], [0, 1], [1, 2], [3, 1])
+
+
+def test_output_size_that_overruns_is_refused():
+    """The op takes its output size from the caller; one whose last window starts past the
+    input would read out of bounds, so the binding refuses it (an internal error)."""
+    x = _input((1, 1, 6, 6)).detach()
+    with pytest.raises(RuntimeError, match="internal error.*does not fit"):
+        torch.ops.cnnops.max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], [4, 3])
 
 
 def test_empty_batch():
@@ -113,7 +127,7 @@ def test_empty_batch():
     assert torch.autograd.grad(out.sum(), x)[0].shape == x.shape
 
 
-@pytest.mark.parametrize("name", ["k3_s2_p1", "dilation_ceil", "ceil_pad"])
+@pytest.mark.parametrize("name", ["k3_s2_p1", "dilation_ceil", "ceil_pad", "ceil_window_wider"])
 def test_gradcheck(name):
     shape, kwargs = CASES[name]
     x = _input(shape, seed=4)
@@ -127,16 +141,23 @@ def test_gradgradcheck():
         lambda t: cnnops.max_pool2d(t, 3, 2, 1, ceil_mode=True, backend="native"), (x,))
 
 
-def test_opcheck():
-    x = _input((2, 3, 9, 8))
-    args = ([3, 2], [2, 1], [1, 1], [1, 2], True)
-    torch.library.opcheck(torch.ops.cnnops.max_pool2d.default, (x, *args))
-    torch.library.opcheck(torch.ops.cnnops.max_pool2d.default, (x.detach(), *args))
-    out, idx = torch.ops.cnnops.max_pool2d(x.detach(), *args)
+def _raw_args(x, ceil_mode=True):
+    """kernel_size, stride, padding, dilation of the raw ops, and the forward's output_size."""
+    geometry = ([3, 2], [2, 1], [1, 1], [1, 2])
+    return geometry, [*pool2d_output_hw(x.shape[-2:], *geometry, ceil_mode)]
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 8), (2, 1, 4, 3)])
+def test_opcheck(shape):
+    x = _input(shape)
+    geometry, out_hw = _raw_args(x)
+    torch.library.opcheck(torch.ops.cnnops.max_pool2d.default, (x, *geometry, out_hw))
+    torch.library.opcheck(torch.ops.cnnops.max_pool2d.default, (x.detach(), *geometry, out_hw))
+    out, idx = torch.ops.cnnops.max_pool2d(x.detach(), *geometry, out_hw)
     torch.library.opcheck(torch.ops.cnnops.max_pool2d_grad_input.default,
-                          (torch.randn_like(out), x.detach(), idx, *args))
+                          (torch.randn_like(out), x.detach(), idx, *geometry))
     torch.library.opcheck(torch.ops.cnnops.max_pool2d_grad_input.default,
-                          (torch.randn_like(out).requires_grad_(), x.detach(), idx, *args))
+                          (torch.randn_like(out).requires_grad_(), x.detach(), idx, *geometry))
 
 
 @needs_cuda
@@ -162,8 +183,8 @@ def test_cuda_nan_and_channels_last():
 @needs_cuda
 def test_cuda_opcheck():
     x = _input((2, 3, 9, 8), device="cuda").detach()
-    args = ([3, 2], [2, 1], [1, 1], [1, 2], True)
-    torch.library.opcheck(torch.ops.cnnops.max_pool2d.default, (x, *args))
-    out, idx = torch.ops.cnnops.max_pool2d(x, *args)
+    geometry, out_hw = _raw_args(x)
+    torch.library.opcheck(torch.ops.cnnops.max_pool2d.default, (x, *geometry, out_hw))
+    out, idx = torch.ops.cnnops.max_pool2d(x, *geometry, out_hw)
     torch.library.opcheck(torch.ops.cnnops.max_pool2d_grad_input.default,
-                          (torch.randn_like(out), x, idx, *args))
+                          (torch.randn_like(out), x, idx, *geometry))

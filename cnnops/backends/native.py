@@ -3,13 +3,24 @@
 Importing this module never fails. When the extension is not built (or was built without
 CUDA kernels), the backend still registers and `unavailable_reason` says why and how to fix it.
 
-conv2d on CUDA has two forward kernels, a teaching ladder (kernels/conv2d_cuda.cu): the
+conv2d on CUDA has two forward kernels, a teaching ladder (kernels/cuda/conv2d.cu): the
 environment variable CNNOPS_CONV_ALGO picks one per call: "naive" (a thread per output),
 "tiled" (shared-memory tiles), or "auto" (default: tiled where its shared memory fits, else
 naive). On the CPU there is one C++ kernel and the variable is ignored.
 
-All native ops compute in NCHW: channels-last input is copied to NCHW first, and
-`cnnops.functional` gives the output PyTorch's memory format.
+The file has four parts: the backend class (what the dispatcher calls, with validated,
+normalised arguments), the fakes of the ops `torch.ops.cnnops.*` (shapes only, for
+torch.compile and opcheck), their autograd (backward from the native backward ops, and a
+backward of each backward op for double backward), and the registration.
+
+The C++ binding (kernels/binding) computes no output size: the forward ops take
+`output_size`, which this backend computes with `cnnops.shapes` (the one size rule); the
+backward ops read it off grad_output. The binding checks only invariants that keep its raw
+pointers in bounds; user errors are raised before, by cnnops/_validate.py.
+
+conv2d and pooling compute in NCHW: channels-last input is copied to NCHW first, and
+`cnnops.functional` gives the output PyTorch's memory format. batch_norm reads a dense
+channels-last input in place on the CPU.
 """
 from __future__ import annotations
 
@@ -35,6 +46,9 @@ NO_CUDA = ("native extension was built without CUDA kernels (torch without CUDA,
            "machine with CUDA torch and nvcc")
 
 CONV_ALGOS = {"auto": 0, "naive": 1, "tiled": 2}
+
+# The ops of cnnops._C (looked up at call time, so this line works without the extension).
+ops = torch.ops.cnnops
 
 
 def conv_algo() -> int:
@@ -62,77 +76,84 @@ class NativeBackend(Backend):
         return None
 
     def conv2d(self, input, weight, bias, stride, padding, dilation, groups, activation):
-        return torch.ops.cnnops.conv2d(input, weight, bias, stride, padding, dilation, groups,
-                                       activation == "relu", conv_algo())
+        out_hw = conv2d_output_hw(input.shape[-2:], weight.shape[-2:], stride, padding, dilation)
+        return ops.conv2d(input, weight, bias, stride, padding, dilation, groups, out_hw,
+                          activation == "relu", conv_algo())
 
     def max_pool2d(self, input, kernel_size, stride, padding, dilation, ceil_mode):
-        return torch.ops.cnnops.max_pool2d(input, kernel_size, stride, padding, dilation,
-                                           ceil_mode)
+        out_hw = pool2d_output_hw(input.shape[-2:], kernel_size, stride, padding, dilation,
+                                  ceil_mode)
+        return ops.max_pool2d(input, kernel_size, stride, padding, dilation, out_hw)
 
     def avg_pool2d(self, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                    divisor_override):
-        return torch.ops.cnnops.avg_pool2d(input, kernel_size, stride, padding, ceil_mode,
-                                           count_include_pad, divisor_override)
+        out_hw = pool2d_output_hw(input.shape[-2:], kernel_size, stride, padding, (1, 1),
+                                  ceil_mode)
+        return ops.avg_pool2d(input, kernel_size, stride, padding, count_include_pad,
+                              divisor_override, out_hw)
 
     def batch_norm(self, input, running_mean, running_var, weight, bias, training, momentum,
                    eps):
-        return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+        """The functional op, then the one running-stats rule: in training with running stats
+        the op returns the new mean / var (momentum-weighted, unbiased variance; unchanged for
+        an empty batch) and they are copied into the caller's buffers here."""
+        output, _, _, new_running_mean, new_running_var = ops.batch_norm(
+            input, weight, bias, running_mean, running_var, bool(training), float(momentum),
+            float(eps))
+        if training and running_mean is not None:
+            with torch.no_grad():
+                running_mean.copy_(new_running_mean)
+                running_var.copy_(new_running_var)
+        if input.dim() == 4:
+            output = output.contiguous(memory_format=suggest_memory_format(input))
+        return output
 
 
 BACKEND = NativeBackend()
 
 # ---- fakes and autograd of the native ops `torch.ops.cnnops.*` ------------------------------
-# The schemas and the CPU/CUDA kernels are registered in C++ (kernels/binding), loaded by
-# `import cnnops._C`; what torch.compile and autograd need is added here by `_register`: a fake
-# for every op (shapes only, no data), a backward for the forward ops built from the native
-# backward ops, and a backward for each backward op (exact double backward).
-
-ops = torch.ops.cnnops
-
-
-def _pool_out_shape(input, kernel_size, stride, padding, dilation, ceil_mode):
-    n, c, h, w = input.shape
-    return (n, c, *pool2d_output_hw((h, w), kernel_size, stride, padding, dilation, ceil_mode))
-
+# The schemas and the CPU/CUDA kernels are registered in C++ (kernels/binding/ops.cpp), loaded
+# by `import cnnops._C`; what torch.compile and autograd need is added here by `_register`: a
+# fake for every op (shapes only, no data), a backward for the forward ops built from the
+# native backward ops, and a backward for each backward op (exact double backward).
+# The forward fakes take the output size from their `output_size` argument, as the kernels do:
+# the backend computed it with cnnops.shapes (SymInts under torch.compile).
 
 # ---- fakes ----------------------------------------------------------------------------------
 
-def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, relu=False, algo=0):
-    n, _, h, w = input.shape
-    kh, kw = weight.shape[2:]
-    return input.new_empty((n, weight.shape[0],
-                            *conv2d_output_hw((h, w), (kh, kw), stride, padding, dilation)))
+def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, output_size,
+                 relu=False, algo=0):
+    return input.new_empty((input.shape[0], weight.shape[0], *output_size))
 
 
-def _conv2d_backward_input_fake(grad_output, input, weight, stride, padding, dilation, groups):
+def _conv2d_grad_input_fake(grad_output, input, weight, stride, padding, dilation, groups):
     return input.new_empty(input.shape)
 
 
-def _conv2d_backward_weight_fake(grad_output, input, weight, stride, padding, dilation, groups):
+def _conv2d_grad_weight_fake(grad_output, input, weight, stride, padding, dilation, groups):
     return weight.new_empty(weight.shape)
 
 
-def _conv2d_backward_bias_fake(grad_output):
+def _conv2d_grad_bias_fake(grad_output):
     return grad_output.new_empty((grad_output.shape[1],))
 
 
-def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
-    shape = _pool_out_shape(input, kernel_size, stride, padding, dilation, ceil_mode)
+def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, output_size):
+    shape = (*input.shape[:2], *output_size)
     return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
 
 
-def _max_pool2d_backward_fake(grad_output, input, indices, kernel_size, stride, padding,
-                              dilation, ceil_mode):
+def _max_pool2d_grad_input_fake(grad_output, input, indices, kernel_size, stride, padding,
+                              dilation):
     return input.new_empty(input.shape)
 
 
-def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                     divisor_override):
-    return input.new_empty(_pool_out_shape(input, kernel_size, stride, padding, (1, 1),
-                                           ceil_mode))
+def _avg_pool2d_fake(input, kernel_size, stride, padding, count_include_pad, divisor_override,
+                     output_size):
+    return input.new_empty((*input.shape[:2], *output_size))
 
 
-def _avg_pool2d_backward_fake(grad_output, input, kernel_size, stride, padding, ceil_mode,
+def _avg_pool2d_grad_input_fake(grad_output, input, kernel_size, stride, padding,
                               count_include_pad, divisor_override):
     return input.new_empty(input.shape)
 
@@ -140,7 +161,7 @@ def _avg_pool2d_backward_fake(grad_output, input, kernel_size, stride, padding, 
 # ---- autograd -------------------------------------------------------------------------------
 
 def _conv2d_setup_context(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, groups, relu, _algo = inputs
+    input, weight, bias, stride, padding, dilation, groups, _output_size, relu, _algo = inputs
     ctx.save_for_backward(input, weight, output if relu else None)
     ctx.conv_args = (stride, padding, dilation, groups)
     ctx.has_bias = bias is not None
@@ -165,13 +186,13 @@ def _conv2d_backward(ctx, grad):
         grad_weight = ops.conv2d_grad_weight(grad, input, weight, *ctx.conv_args)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = ops.conv2d_grad_bias(grad)
-    return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
+    return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None
 
 
 def _max_pool2d_setup_context(ctx, inputs, output):
     input = inputs[0]
     ctx.save_for_backward(input, output[1])
-    ctx.pool_args = inputs[1:]
+    ctx.pool_args = inputs[1:5]  # kernel_size, stride, padding, dilation (not output_size)
     ctx.mark_non_differentiable(output[1])
 
 
@@ -185,7 +206,8 @@ def _max_pool2d_backward(ctx, grad, _grad_indices):
 
 def _avg_pool2d_setup_context(ctx, inputs, output):
     ctx.save_for_backward(inputs[0])
-    ctx.pool_args = inputs[1:]
+    # kernel_size, stride, padding, count_include_pad, divisor_override (not output_size)
+    ctx.pool_args = inputs[1:6]
 
 
 def _avg_pool2d_backward(ctx, grad):
@@ -196,8 +218,6 @@ def _avg_pool2d_backward(ctx, grad):
             None, None, None, None, None, None)
 
 
-
-
 # ---- double backward: every backward op is linear in its gradient argument ------------------
 
 def _save_all_setup_context(ctx, inputs, output):
@@ -205,49 +225,52 @@ def _save_all_setup_context(ctx, inputs, output):
     ctx.args = tuple(a for a in inputs if not isinstance(a, torch.Tensor))
 
 
-def _conv2d_backward_input_backward(ctx, gg):
+def _conv2d_grad_input_backward(ctx, gg):
     """grad_input = B(grad, weight) is the adjoint of conv2d in its input, so for an upstream
     gg: d/dgrad = conv2d(gg, weight) and d/dweight = conv2d_grad_weight(grad, gg)."""
     grad, input, weight = ctx.saved_tensors
     d_grad = d_weight = None
     if ctx.needs_input_grad[0]:
-        d_grad = ops.conv2d(gg, weight, None, *ctx.args)
+        d_grad = ops.conv2d(gg, weight, None, *ctx.args, grad.shape[-2:])
     if ctx.needs_input_grad[2]:
         d_weight = ops.conv2d_grad_weight(grad, gg, weight, *ctx.args)
     return d_grad, None, d_weight, None, None, None, None
 
 
-def _conv2d_backward_weight_backward(ctx, gg):
+def _conv2d_grad_weight_backward(ctx, gg):
     """grad_weight = B(grad, input) is the adjoint of conv2d in its weight, so for an upstream
     gg: d/dgrad = conv2d(input, gg) and d/dinput = conv2d_grad_input(grad, input, gg)."""
     grad, input, weight = ctx.saved_tensors
     d_grad = d_input = None
     if ctx.needs_input_grad[0]:
-        d_grad = ops.conv2d(input, gg, None, *ctx.args)
+        d_grad = ops.conv2d(input, gg, None, *ctx.args, grad.shape[-2:])
     if ctx.needs_input_grad[1]:
         d_input = ops.conv2d_grad_input(grad, input, gg, *ctx.args)
     return d_grad, d_input, None, None, None, None, None
 
 
-def _conv2d_backward_bias_backward(ctx, gg):
+def _conv2d_grad_bias_backward(ctx, gg):
     """grad_bias sums grad over N, H, W: its gradient broadcasts gg back (a torch op)."""
     (grad,) = ctx.saved_tensors
     return gg.view(1, -1, 1, 1).expand_as(grad)
 
 
-def _max_pool2d_backward_backward(ctx, gg):
+def _max_pool2d_grad_input_backward(ctx, gg):
     """grad_input adds grad at the indices: its gradient reads gg at the indices (torch gather)."""
     grad, input, indices = ctx.saved_tensors
     d_grad = gg.flatten(2).gather(2, indices.flatten(2)).view_as(grad)
-    return d_grad, None, None, None, None, None, None, None
+    return d_grad, None, None, None, None, None, None
 
 
-def _avg_pool2d_backward_backward(ctx, gg):
-    """grad_input is the adjoint of avg_pool2d: its gradient is avg_pool2d of gg."""
-    return (ops.avg_pool2d(gg, *ctx.args), None, None, None, None, None, None, None)
+def _avg_pool2d_grad_input_backward(ctx, gg):
+    """grad_input is the adjoint of avg_pool2d: its gradient is avg_pool2d of gg (at the
+    forward's output size, grad's)."""
+    grad, _input = ctx.saved_tensors
+    return (ops.avg_pool2d(gg, *ctx.args, grad.shape[-2:]), None, None, None, None, None, None)
 
 
-# ---- batch norm ----------------------------------------------------------------------------
+# ---- batch norm: fakes and autograd --------------------------------------------------------
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the kernels accumulate in and return per-channel results in."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -255,7 +278,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _empty_like_output(input: torch.Tensor) -> torch.Tensor:
     """An empty tensor in the layout the ops give for `input` (keeps_channels_last in
-    kernels/batch_norm_ops.cpp)."""
+    kernels/binding/batch_norm.cpp)."""
     channels_last = (input.device.type == "cpu" and input.dim() == 4
                      and not input.is_contiguous()
                      and input.is_contiguous(memory_format=torch.channels_last))
@@ -263,10 +286,7 @@ def _empty_like_output(input: torch.Tensor) -> torch.Tensor:
                             else torch.contiguous_format)
 
 
-# ---- fakes ----------------------------------------------------------------------------------
-
-def _batch_norm_forward_fake(input, weight, bias, running_mean, running_var, training, momentum,
-                             eps):
+def _batch_norm_fake(input, weight, bias, running_mean, running_var, training, momentum, eps):
     """output (the input's shape, NCHW or channels-last), save_mean and save_invstd (C,), and
     the new running mean and var, (C,) when training with running stats, else (0,)."""
     channels = input.shape[1]
@@ -277,8 +297,8 @@ def _batch_norm_forward_fake(input, weight, bias, running_mean, running_var, tra
             input.new_empty(new_stats, dtype=acc))
 
 
-def _batch_norm_backward_fake(grad_output, input, weight, save_mean, save_invstd, training,
-                              output_mask):
+def _batch_norm_grad_fake(grad_output, input, weight, save_mean, save_invstd, training,
+                          output_mask):
     """grad_input (laid out as the forward's output), grad_weight and grad_bias ((C,), in the
     accumulation dtype); each (0,) when its output_mask entry is False."""
     channels = input.shape[1]
@@ -287,8 +307,6 @@ def _batch_norm_backward_fake(grad_output, input, weight, save_mean, save_invstd
             input.new_empty((channels,) if output_mask[1] else (0,), dtype=acc),
             input.new_empty((channels,) if output_mask[2] else (0,), dtype=acc))
 
-
-# ---- autograd -------------------------------------------------------------------------------
 
 def _batch_norm_setup_context(ctx, inputs, output):
     input, weight, bias, _running_mean, _running_var, training, _momentum, _eps = inputs
@@ -301,7 +319,7 @@ def _batch_norm_setup_context(ctx, inputs, output):
 
 
 def _batch_norm_backward(ctx, grad_output, _save_mean, _save_invstd, _new_mean, _new_var):
-    """Gradients from `batch_norm_backward`, with mean and invstd the statistics the forward
+    """Gradients from `batch_norm_grad`, with mean and invstd the statistics the forward
     used and M the values per channel:
 
         grad_bias = sum(dy),  grad_weight = sum(dy * (x - mean)) * invstd
@@ -315,7 +333,7 @@ def _batch_norm_backward(ctx, grad_output, _save_mean, _save_invstd, _new_mean, 
     mask = [ctx.needs_input_grad[0],
             ctx.weight_dtype is not None and ctx.needs_input_grad[1],
             ctx.bias_dtype is not None and ctx.needs_input_grad[2]]
-    grad_input, grad_weight, grad_bias = ops.batch_norm_backward(
+    grad_input, grad_weight, grad_bias = ops.batch_norm_grad(
         grad_output, input, weight, save_mean, save_invstd, ctx.training, mask)
     return (grad_input if mask[0] else None,
             grad_weight.to(ctx.weight_dtype) if mask[1] else None,
@@ -323,56 +341,34 @@ def _batch_norm_backward(ctx, grad_output, _save_mean, _save_invstd, _new_mean, 
             None, None, None, None, None)
 
 
-
-
-# ---- the backend method ---------------------------------------------------------------------
-
-def _batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5):
-    """`torch.nn.functional.batch_norm` on the native kernels: input (N, C, *), any strides.
-
-    training normalises with the batch's mean and biased variance and, when running_mean /
-    running_var are given, updates them in place (momentum-weighted, unbiased variance);
-    eval normalises with running_mean / running_var. Differentiable in input, weight and bias.
-    """
-    output, _, _, new_running_mean, new_running_var = ops.batch_norm_forward(
-        input, weight, bias, running_mean, running_var, bool(training), float(momentum),
-        float(eps))
-    if training and running_mean is not None:
-        with torch.no_grad():
-            running_mean.copy_(new_running_mean)
-            running_var.copy_(new_running_var)
-    if input.dim() == 4:
-        output = output.contiguous(memory_format=suggest_memory_format(input))
-    return output
-
+# ---- registration ---------------------------------------------------------------------------
 
 def _register() -> None:
     """Fakes (for torch.compile and opcheck) and autograd of every op of `cnnops._C`."""
     torch.library.register_fake("cnnops::conv2d")(_conv2d_fake)
-    torch.library.register_fake("cnnops::conv2d_grad_input")(_conv2d_backward_input_fake)
-    torch.library.register_fake("cnnops::conv2d_grad_weight")(_conv2d_backward_weight_fake)
-    torch.library.register_fake("cnnops::conv2d_grad_bias")(_conv2d_backward_bias_fake)
+    torch.library.register_fake("cnnops::conv2d_grad_input")(_conv2d_grad_input_fake)
+    torch.library.register_fake("cnnops::conv2d_grad_weight")(_conv2d_grad_weight_fake)
+    torch.library.register_fake("cnnops::conv2d_grad_bias")(_conv2d_grad_bias_fake)
     torch.library.register_fake("cnnops::max_pool2d")(_max_pool2d_fake)
-    torch.library.register_fake("cnnops::max_pool2d_grad_input")(_max_pool2d_backward_fake)
+    torch.library.register_fake("cnnops::max_pool2d_grad_input")(_max_pool2d_grad_input_fake)
     torch.library.register_fake("cnnops::avg_pool2d")(_avg_pool2d_fake)
-    torch.library.register_fake("cnnops::avg_pool2d_grad_input")(_avg_pool2d_backward_fake)
-    torch.library.register_fake("cnnops::batch_norm_forward")(_batch_norm_forward_fake)
-    torch.library.register_fake("cnnops::batch_norm_backward")(_batch_norm_backward_fake)
+    torch.library.register_fake("cnnops::avg_pool2d_grad_input")(_avg_pool2d_grad_input_fake)
+    torch.library.register_fake("cnnops::batch_norm")(_batch_norm_fake)
+    torch.library.register_fake("cnnops::batch_norm_grad")(_batch_norm_grad_fake)
     torch.library.register_autograd("cnnops::conv2d", _conv2d_backward,
                                     setup_context=_conv2d_setup_context)
     torch.library.register_autograd("cnnops::max_pool2d", _max_pool2d_backward,
                                     setup_context=_max_pool2d_setup_context)
     torch.library.register_autograd("cnnops::avg_pool2d", _avg_pool2d_backward,
                                     setup_context=_avg_pool2d_setup_context)
-    for name, backward in (("conv2d_grad_input", _conv2d_backward_input_backward),
-                         ("conv2d_grad_weight", _conv2d_backward_weight_backward),
-                         ("conv2d_grad_bias", _conv2d_backward_bias_backward),
-                         ("max_pool2d_grad_input", _max_pool2d_backward_backward),
-                         ("avg_pool2d_grad_input", _avg_pool2d_backward_backward)):
+    for name, backward in (("conv2d_grad_input", _conv2d_grad_input_backward),
+                         ("conv2d_grad_weight", _conv2d_grad_weight_backward),
+                         ("conv2d_grad_bias", _conv2d_grad_bias_backward),
+                         ("max_pool2d_grad_input", _max_pool2d_grad_input_backward),
+                         ("avg_pool2d_grad_input", _avg_pool2d_grad_input_backward)):
         torch.library.register_autograd(f"cnnops::{name}", backward,
                                         setup_context=_save_all_setup_context)
-    torch.library.register_autograd("cnnops::batch_norm_forward", _batch_norm_backward,
+    torch.library.register_autograd("cnnops::batch_norm", _batch_norm_backward,
                                     setup_context=_batch_norm_setup_context)
 
 

@@ -1,4 +1,4 @@
-// The entry points of the batch_norm kernels: what kernels/batch_norm_ops.cpp calls.
+// The entry points of the batch_norm kernels: what kernels/binding/batch_norm.cpp calls.
 //
 // The input (N, C, *) is viewed as (N, C, L), L the product of the trailing sizes, dense in
 // one of two layouts (BatchNormShape::channels_last):

@@ -3,8 +3,10 @@
 // Along one spatial axis, output position `o` reads input positions
 //     i = o * stride - pad + k * dilation,   k = 0 .. kernel - 1
 // (d2l 7.3: padding and stride). Everything below is that formula solved for the range of
-// o, k or i a loop needs. Under nvcc the functions are __host__ __device__; under a plain C++
-// compiler they are ordinary inline functions. All sizes and indices are int64_t.
+// o, k or i a loop needs. The output sizes themselves are not computed here: the caller
+// (cnnops/shapes.py, the one size rule) passes them in Conv2dShape / Pool2dShape. Under nvcc
+// the functions are __host__ __device__; under a plain C++ compiler they are ordinary inline
+// functions. All sizes and indices are int64_t.
 #pragma once
 
 #include <cstdint>
@@ -20,18 +22,6 @@ namespace cnnops {
 CNNOPS_HD int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 CNNOPS_HD int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 CNNOPS_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }  // a >= 0, b > 0
-
-// floor((size + 2 pad - dilation (kernel - 1) - 1) / stride) + 1, PyTorch's formula. With
-// ceil_mode (pooling) round up instead, but a last window that would start in the right padding
-// is dropped (ATen's pooling_output_shape).
-CNNOPS_HD int64_t output_size(int64_t size, int64_t kernel, int64_t stride, int64_t pad,
-                              int64_t dilation, bool ceil_mode) {
-  const int64_t span = size + 2 * pad - dilation * (kernel - 1) - 1;
-  if (span < 0) return 0;
-  int64_t out = (span + (ceil_mode ? stride - 1 : 0)) / stride + 1;
-  if (ceil_mode && (out - 1) * stride >= size + pad) --out;
-  return out;
-}
 
 // The outputs o in [*lo, *hi) whose tap at `offset` = k * dilation lands inside the input:
 // 0 <= o * stride - pad + offset < size. Loops over o in that range need no bounds checks,
@@ -84,7 +74,7 @@ CNNOPS_HD int64_t avg_divisor(int64_t padded_h, int64_t padded_w, int64_t h, int
 }
 
 // Geometry of one conv2d call. Tensors are NCHW contiguous; weight is
-// (C_out, C_in / groups, KH, KW).
+// (C_out, C_in / groups, KH, KW). OH, OW come from the caller (cnnops.shapes.conv2d_output_hw).
 struct Conv2dShape {
   int64_t N, C_in, H, W;
   int64_t C_out, KH, KW;
@@ -94,7 +84,8 @@ struct Conv2dShape {
 };
 
 // Geometry of one pooling call over `planes` = N * C independent (H, W) planes, NCHW
-// contiguous. avg_pool2d uses dilation 1.
+// contiguous. avg_pool2d uses dilation 1. OH, OW come from the caller
+// (cnnops.shapes.pool2d_output_hw); with ceil_mode the last window may overhang the input.
 struct Pool2dShape {
   int64_t planes, H, W;
   int64_t OH, OW;

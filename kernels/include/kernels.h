@@ -1,4 +1,4 @@
-// The entry points of the kernels: what kernels/ops.cpp (the torch binding) calls.
+// The entry points of the conv2d and pooling kernels: what kernels/binding/ops.cpp calls.
 //
 // Every function takes raw pointers to NCHW-contiguous buffers and a shape struct from
 // index_math.h; no torch types cross this line. CPU functions are templates instantiated for
