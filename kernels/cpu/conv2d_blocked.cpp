@@ -73,6 +73,7 @@ struct BlockedConv {
   const float* bias;
   float* out;
   int64_t C_out, OH, OW, Wq, total;  // total = OH * Wq flat pixels per image
+  int xs;                            // distance of neighbouring pixels in x: 1 or 16
   bool relu;
 };
 
@@ -94,14 +95,14 @@ float* partial_buffer() {
   return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
 }
 
-template <int VW, int J, int P>
+template <int VW, int J, int P, int XS>
 CNNOPS_INLINE void unit(const BlockedConv& c, int64_t n, const TileItem& t) {
   const int64_t kc = std::max<int64_t>(1, kChunkWeightBytes / (J * VW * int64_t(sizeof(float))));
   float* partial = c.K > kc ? partial_buffer() : nullptr;
   for (int64_t k0 = 0; k0 < c.K; k0 += kc) {
     const int64_t k1 = std::min(c.K, k0 + kc);
     for (int i = 0; i < t.tiles; ++i) {
-      tile<VW, J, P>(c, n, t.ocb, t.q0[i], k0, k1, k0 == 0, k1 == c.K,
+      tile<VW, J, P, XS>(c, n, t.ocb, t.q0[i], k0, k1, k0 == 0, k1 == c.K,
                      partial ? partial + i * (J * P * VW) : nullptr);
     }
   }
@@ -148,11 +149,11 @@ struct FloatVec<8> { typedef float type __attribute__((vector_size(32))); };
 
 // Reduction steps [k0, k1) of the tile; `first`: start from zero (else from `partial`),
 // `last`: write the output (else save the sums to `partial`, J * P * VW floats).
-template <int VW, int J, int P>
+template <int VW, int J, int P, int XS>
 CNNOPS_INLINE void tile(const BlockedConv& c, int64_t n, int ocb, int64_t q0, int64_t k0,
                         int64_t k1, bool first, bool last, float* __restrict__ partial) {
   using V = typename FloatVec<VW>::type;
-  const float* __restrict__ x = c.x + n * c.x_image + q0;
+  const float* __restrict__ x = c.x + n * c.x_image + q0 * XS;
   const float* __restrict__ w = c.w + int64_t(ocb) * c.K * VW;
   const int64_t* __restrict__ off = c.off;
   const int64_t wstride = c.K * VW;  // next channel block
@@ -177,7 +178,7 @@ CNNOPS_INLINE void tile(const BlockedConv& c, int64_t n, int ocb, int64_t q0, in
     for (int j = 0; j < J; ++j) std::memcpy(&wv[j], w + j * wstride + k * VW, sizeof(V));
 #pragma GCC unroll 28
     for (int p = 0; p < P; ++p) {
-      const V xb = negzero + xk[p];  // broadcast
+      const V xb = negzero + xk[p * XS];  // broadcast
 #pragma GCC unroll 4
       for (int j = 0; j < J; ++j) acc[j][p] += xb * wv[j];
     }
@@ -191,9 +192,6 @@ CNNOPS_INLINE void tile(const BlockedConv& c, int64_t n, int ocb, int64_t q0, in
   if (last) store_tile<VW, J, P>(c, n, ocb, q0, buf);
 }
 
-// The tile shapes: J channel blocks -> P pixels, so that J * P accumulators + J weight
-// vectors + 1 broadcast fit the register file (32 zmm; 16 ymm; 16 xmm for the baseline,
-// where one 8-float vector takes two registers).
 // Tile shapes (J, P): J channel blocks x P pixels, so that J * P accumulators + J weight
 // vectors + 1 broadcast fit the register file (32 zmm; 16 ymm; 16 xmm for the baseline, where
 // one 8-float vector takes two registers). Several P per J: the driver picks the one that
@@ -213,29 +211,29 @@ constexpr TileShape kBaselineShapes[] = {{1, 6}};
 
 CNNOPS_TARGET_AVX512 void run_avx512(const BlockedConv& c, int64_t n, const TileItem& t) {
   switch (t.J * 100 + t.P) {
-    case 406: unit<16, 4, 6>(c, n, t); break;
-    case 308: unit<16, 3, 8>(c, n, t); break;
-    case 214: unit<16, 2, 14>(c, n, t); break;
-    case 212: unit<16, 2, 12>(c, n, t); break;
-    case 128: unit<16, 1, 28>(c, n, t); break;
-    default: unit<16, 1, 24>(c, n, t); break;
+    case 406: (c.xs == 16 ? unit<16, 4, 6, 16>(c, n, t) : unit<16, 4, 6, 1>(c, n, t)); break;
+    case 308: (c.xs == 16 ? unit<16, 3, 8, 16>(c, n, t) : unit<16, 3, 8, 1>(c, n, t)); break;
+    case 214: (c.xs == 16 ? unit<16, 2, 14, 16>(c, n, t) : unit<16, 2, 14, 1>(c, n, t)); break;
+    case 212: (c.xs == 16 ? unit<16, 2, 12, 16>(c, n, t) : unit<16, 2, 12, 1>(c, n, t)); break;
+    case 128: (c.xs == 16 ? unit<16, 1, 28, 16>(c, n, t) : unit<16, 1, 28, 1>(c, n, t)); break;
+    default: (c.xs == 16 ? unit<16, 1, 24, 16>(c, n, t) : unit<16, 1, 24, 1>(c, n, t)); break;
   }
 }
 
 CNNOPS_TARGET_AVX2 void run_avx2(const BlockedConv& c, int64_t n, const TileItem& t) {
-  if (t.J == 2) unit<8, 2, 6>(c, n, t);
-  else unit<8, 1, 12>(c, n, t);
+  if (t.J == 2) (c.xs == 16 ? unit<8, 2, 6, 16>(c, n, t) : unit<8, 2, 6, 1>(c, n, t));
+  else (c.xs == 16 ? unit<8, 1, 12, 16>(c, n, t) : unit<8, 1, 12, 1>(c, n, t));
 }
 
 void run_baseline(const BlockedConv& c, int64_t n, const TileItem& t) {
-  unit<8, 1, 6>(c, n, t);
+  (c.xs == 16 ? unit<8, 1, 6, 16>(c, n, t) : unit<8, 1, 6, 1>(c, n, t));
 }
 
 // Per-call buffers, kept by the calling thread and reused (no allocation once they are big
 // enough). Only the calling thread resizes them; the OpenMP team reads and fills them.
 struct Workspace {
   std::vector<float> x, w;
-  std::vector<int64_t> off;
+  std::vector<int64_t> off, korder;
   std::vector<TileItem> items;
   std::vector<int64_t> q0[5];  // tile starts, per J
 };
@@ -272,18 +270,70 @@ void conv2d_forward_blocked_f32(const float* input, const float* weight, const f
   const int64_t sh = s.stride_h, sw = s.stride_w;
   const int64_t Hp = s.H + 2 * s.pad_h, Wp = s.W + 2 * s.pad_w;
   const int64_t Hq = ceil_div(Hp, sh), Wq = ceil_div(Wp, sw);
-  const int64_t phase_plane = Hq * Wq, chan = sh * sw * phase_plane;
+  // Channel stride of the copy: an odd number of 64-byte lines, so that the lines one tile
+  // reads from consecutive channels fall into different L1 sets (a plane of 24 x 24 floats,
+  // 36 lines, would put all channels into 16 of the 64 sets and thrash them).
+  const int64_t phase_plane = Hq * Wq;
+  const int64_t chan = (ceil_div(sh * sw * phase_plane, 16) | 1) * 16;
+  // With C_in >= 16 the copy is channel-blocked, [C_in / 16][sh sw Hq Wq][16]: the reduction
+  // runs over the 16 channels of a block innermost, reading consecutive floats, and a tile's
+  // P pixels are P lines (planar copies put every channel on its own lines: a 1x1 layer with
+  // large planes then reads one line per step, at a stride past the reach of the L1 prefetcher).
+  // Thin inputs stay planar (a block of 16 would be mostly empty).
+  const bool one_by_one = s.KH == 1 && s.KW == 1 && sh == 1 && sw == 1 && s.pad_h == 0 &&
+                          s.pad_w == 0;
+  // 1x1 stride 1 unpadded reads the input as it is (no copy: the copy costs as much as the
+  // 1x1 convolution itself with few output channels), unless its planes alias in L1 (see
+  // `chan`) or are smaller than a tile
+  const bool direct = one_by_one && s.OH * s.OW >= Pmax && (s.H * s.W) % 32 != 0;
+  const bool blocked_in = s.C_in >= 16 && !direct;
+  const int64_t cblocks = ceil_div(s.C_in, 16), chan_b = sh * sw * phase_plane * 16;
   const int64_t taps = s.KH * s.KW, K = s.C_in * taps;
   const int64_t total = s.OH * Wq;
-  const bool direct = s.KH == 1 && s.KW == 1 && sh == 1 && sw == 1 && s.pad_h == 0 &&
-                      s.pad_w == 0 && total >= Pmax;
   const int64_t work = s.N * s.C_out * s.OH * s.OW * K;
   const bool parallel = work > kParallelWork;
 
   // ---- input: phase-split, zero-padded copy (or the input itself)
   const float* x = input;
   int64_t x_image = s.C_in * s.H * s.W;
-  if (!direct) {
+  if (!direct && blocked_in) {
+    x_image = cblocks * chan_b;
+    const int64_t size = s.N * x_image + chan_b + (Pmax + 64) * 16;
+    if (ws.x.size() < static_cast<size_t>(size + 16)) ws.x.resize(size + 16);
+    float* xr = align64(ws.x.data());
+    std::fill(xr + s.N * x_image, xr + size, 0.0f);
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t nb = 0; nb < s.N * cblocks; ++nb) {
+      const int64_t n = nb / cblocks, icb = nb % cblocks;
+      float* dst = xr + nb * chan_b;
+      const int lanes = static_cast<int>(std::min<int64_t>(16, s.C_in - icb * 16));
+      if (lanes < 16) std::fill(dst, dst + chan_b, 0.0f);  // lanes never read, kept finite
+      for (int64_t a = 0; a < sh; ++a)
+        for (int64_t b = 0; b < sw; ++b)
+          for (int64_t i = 0; i < Hq; ++i) {
+            float* row = dst + ((a * sw + b) * phase_plane + i * Wq) * 16;
+            const int64_t r = i * sh + a - s.pad_h;
+            int64_t lo = 0, hi = 0;
+            if (r >= 0 && r < s.H) valid_outputs(s.W, Wq, sw, s.pad_w, b, &lo, &hi);
+            std::fill(row, row + lo * 16, 0.0f);
+            std::fill(row + hi * 16, row + Wq * 16, 0.0f);
+            if (hi <= lo) continue;
+            // 16 source rows read side by side, the destination written in order
+            const float* srow[16];
+            for (int l = 0; l < lanes; ++l)
+              srow[l] = input + ((n * s.C_in + icb * 16 + l) * s.H + r) * s.W + b - s.pad_w;
+            if (lanes == 16) {
+              for (int64_t j = lo; j < hi; ++j)
+#pragma GCC unroll 16
+                for (int l = 0; l < 16; ++l) row[j * 16 + l] = srow[l][j * sw];
+            } else {
+              for (int64_t j = lo; j < hi; ++j)
+                for (int l = 0; l < lanes; ++l) row[j * 16 + l] = srow[l][j * sw];
+            }
+          }
+    }
+    x = xr;
+  } else if (!direct) {
     x_image = s.C_in * chan;
     // slack past the last image: a tile may read up to Pmax pixels past the last row, plus
     // the largest tap offset within a channel (< chan)
@@ -295,6 +345,7 @@ void conv2d_forward_blocked_f32(const float* input, const float* weight, const f
     for (int64_t nc = 0; nc < s.N * s.C_in; ++nc) {
       const float* src = input + nc * s.H * s.W;
       float* dst = xr + nc * chan;
+      std::fill(dst + sh * sw * phase_plane, dst + chan, 0.0f);  // the alignment gap
       for (int64_t a = 0; a < sh; ++a)
         for (int64_t b = 0; b < sw; ++b)
           for (int64_t i = 0; i < Hq; ++i) {
@@ -321,16 +372,27 @@ void conv2d_forward_blocked_f32(const float* input, const float* weight, const f
   }
 
   // ---- offsets of the reduction steps
-  if (ws.off.size() < static_cast<size_t>(K)) ws.off.resize(K);
-  for (int64_t ic = 0; ic < s.C_in; ++ic)
-    for (int64_t kh = 0; kh < s.KH; ++kh)
-      for (int64_t kw = 0; kw < s.KW; ++kw) {
-        const int64_t rh = kh * s.dil_h, rw = kw * s.dil_w;
-        ws.off[(ic * s.KH + kh) * s.KW + kw] =
-            direct ? ic * s.H * s.W
-                   : ic * chan + ((rh % sh) * sw + rw % sw) * phase_plane + (rh / sh) * Wq +
-                         rw / sw;
-      }
+  // (planar: k = (ic, kh, kw), the weights' own order; channel-blocked: k = (ic / 16, kh,
+  // kw, ic % 16); korder[k] is the weight's index within its filter)
+  if (ws.off.size() < static_cast<size_t>(K)) ws.off.resize(K), ws.korder.resize(K);
+  {
+    int64_t k = 0;
+    for (int64_t icb = 0; icb < (blocked_in ? cblocks : s.C_in); ++icb)
+      for (int64_t kh = 0; kh < s.KH; ++kh)
+        for (int64_t kw = 0; kw < s.KW; ++kw) {
+          const int64_t rh = kh * s.dil_h, rw = kw * s.dil_w;
+          const int64_t at = ((rh % sh) * sw + rw % sw) * phase_plane + (rh / sh) * Wq + rw / sw;
+          if (!blocked_in) {
+            ws.off[k] = direct ? icb * s.H * s.W : icb * chan + at;
+            ws.korder[k++] = (icb * s.KH + kh) * s.KW + kw;
+            continue;
+          }
+          for (int64_t l = 0; l < 16 && icb * 16 + l < s.C_in; ++l) {
+            ws.off[k] = icb * chan_b + at * 16 + l;
+            ws.korder[k++] = ((icb * 16 + l) * s.KH + kh) * s.KW + kw;
+          }
+        }
+  }
 
   // ---- weights: [C_out blocks][K][VW], channels past C_out zero
   const int64_t blocks = ceil_div(s.C_out, VW);
@@ -343,7 +405,7 @@ void conv2d_forward_blocked_f32(const float* input, const float* weight, const f
     for (int64_t k = 0; k < K; ++k)
       for (int64_t l = 0; l < VW; ++l) {
         const int64_t oc = ob * VW + l;
-        wr[(ob * K + k) * VW + l] = oc < s.C_out ? weight[oc * K + k] : 0.0f;
+        wr[(ob * K + k) * VW + l] = oc < s.C_out ? weight[oc * K + ws.korder[k]] : 0.0f;
       }
 
   // ---- tiles of one image: channel-block groups of up to Jmax blocks. Per group size J the
@@ -390,8 +452,8 @@ void conv2d_forward_blocked_f32(const float* input, const float* weight, const f
     ob += J;
   }
 
-  BlockedConv c{x, x_image, wr, K, ws.off.data(), bias, output, s.C_out, s.OH, s.OW, Wq, total,
-                relu};
+  BlockedConv c{x,    x_image, wr,   K,  ws.off.data(), bias, output, s.C_out, s.OH,
+                s.OW, Wq,      total, blocked_in ? 16 : 1, relu};
   const int64_t items = static_cast<int64_t>(ws.items.size());
   const TileItem* item = ws.items.data();
 #pragma omp parallel for schedule(static) if (parallel)
