@@ -1,23 +1,29 @@
 """Dispatch: which backend runs a call.
 
-Every public op validates its arguments once (``cnnops._validate``), then asks ``resolve`` for
-a ``Backend`` and calls the backend's method of the same name with normalised arguments. The
-registry is filled at ``import cnnops`` from the ``BACKEND`` of each module of
+Every public op validates its arguments once (``cnnops._validate``), then calls ``dispatch``,
+which picks a ``Backend`` and calls the backend's method of the same name with the normalised
+arguments. The registry is filled at ``import cnnops`` from the ``BACKEND`` of each module of
 ``cnnops.backends``; a module that cannot be imported is replaced by an ``UnavailableBackend``
 that says why.
+
+Backend names: one of BACKEND_NAMES runs exactly that backend (or raises
+BackendUnavailableError / TypeError saying why it cannot); "auto" takes the first usable backend
+of AUTO_ORDER; "fastest" times the usable backends once per call key and keeps the winner
+(``cnnops._fastest``).
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
-
 import importlib
+from typing import Iterator
 
 import torch
 
 from cnnops.backends import Backend, BackendUnavailableError, UnavailableBackend
 
 BACKEND_NAMES = ("reference", "torch", "native", "triton")
+# Names that choose a backend per call rather than naming one.
+CHOOSERS = ("auto", "fastest")
 
 # The order "auto" tries, per device type; `reference` is never chosen automatically.
 AUTO_ORDER = {"cuda": ("triton", "native", "torch"), "cpu": ("native", "torch")}
@@ -48,14 +54,19 @@ def _load() -> dict[str, Backend]:
 def check_backend_name(name) -> str:
     if name is None:
         return _default
-    if not isinstance(name, str) or (name != "auto" and name not in BACKEND_NAMES):
+    if not isinstance(name, str) or (name not in CHOOSERS and name not in BACKEND_NAMES):
         raise ValueError(f"backend={name!r} is not a backend; expected one of "
-                         f"{('auto',) + BACKEND_NAMES}")
+                         f"{CHOOSERS + BACKEND_NAMES}")
     return name
 
 
 def get_backend(name: str) -> Backend:
-    return _load()[check_backend_name(name)]
+    """The backend object registered under `name` (not "auto" / "fastest": they choose per call)."""
+    name = check_backend_name(name)
+    if name in CHOOSERS:
+        raise ValueError(f"backend={name!r} chooses a backend per call; get_backend takes one of "
+                         f"{BACKEND_NAMES}")
+    return _load()[name]
 
 
 @contextlib.contextmanager
@@ -98,21 +109,31 @@ def _usable(backend: Backend, op: str, device, dtype, tensors, output_numel) -> 
 
 
 def resolve(name, op: str, tensors: dict, output_numel: int) -> Backend:
-    """The backend that runs `op` on `tensors` (name -> tensor or None; "input" first).
+    """The backend that runs `op` on `tensors` (name -> tensor or None; "input" first), for a
+    backend name or "auto" ("fastest" needs the call itself: see `dispatch`).
 
     "auto" takes the first usable backend of AUTO_ORDER for the input's device (torch when
     none is); a named backend that cannot run the call raises BackendUnavailableError, or
     TypeError when only the dtype is the problem.
     """
-    name = check_backend_name(name)
+    return _resolve(check_backend_name(name), op, tensors, output_numel)[0]
+
+
+def _resolve(name: str, op: str, tensors: dict, output_numel: int) -> tuple[Backend, str]:
+    """(backend, why it was chosen) for a backend name or "auto"."""
     registry = _load()
     input = tensors["input"]
     device, dtype = input.device, input.dtype
     if name == "auto":
-        for candidate in AUTO_ORDER.get(device.type, ("torch",)):
-            if _usable(registry[candidate], op, device, dtype, tensors, output_numel) is None:
-                return registry[candidate]
-        return registry["torch"]
+        order = AUTO_ORDER.get(device.type, ("torch",))
+        skipped = []
+        for candidate in order:
+            reason = _usable(registry[candidate], op, device, dtype, tensors, output_numel)
+            if reason is None:
+                why = f"auto: first usable of {order}"
+                return registry[candidate], why + (f" ({'; '.join(skipped)})" if skipped else "")
+            skipped.append(f"{candidate} skipped: {reason}")
+        return registry["torch"], f"auto: none of {order} usable ({'; '.join(skipped)})"
     backend = registry[name]
     reason = backend.unavailable_reason(device)
     if reason is not None:
@@ -127,9 +148,35 @@ def resolve(name, op: str, tensors: dict, output_numel: int) -> Backend:
     reason = backend.refuses(op, tensors, output_numel)
     if reason is not None:
         raise BackendUnavailableError(f"backend {name!r} cannot run this {op}: {reason}")
-    return backend
+    return backend, "named"
+
+
+def candidates(op: str, tensors: dict, output_numel: int) -> dict[str, Backend | str]:
+    """Every backend but `reference`, mapped to itself if it can run this call, else to why not
+    ("fastest" times the former)."""
+    input = tensors["input"]
+    return {name: (backend if reason is None else reason)
+            for name, backend in _load().items() if name != "reference"
+            for reason in [_usable(backend, op, input.device, input.dtype, tensors,
+                                   output_numel)]}
+
+
+# `cnnops.explain` sets this to a list; every dispatched call then appends what ran and why.
+_recorder: list | None = None
 
 
 def dispatch(op: str, name, args: tuple, tensors: dict, output_numel: int):
-    """Runs `op` with validated, normalised `args` on the backend `name` resolves to."""
-    return getattr(resolve(name, op, tensors, output_numel), op)(*args)
+    """Runs `op` with validated, normalised `args` on the backend `name` chooses."""
+    name = check_backend_name(name)
+    device = tensors["input"].device
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError(f"no backend can run on {device} here: CUDA is not "
+                                      "available (no GPU or no driver, or a CPU build of torch)")
+    if name == "fastest":
+        from cnnops import _fastest
+        backend, why = _fastest.choose(op, args, tensors, output_numel)
+    else:
+        backend, why = _resolve(name, op, tensors, output_numel)
+    if _recorder is not None:
+        _recorder.append({"op": op, "requested": name, "backend": backend.name, "why": why})
+    return getattr(backend, op)(*args)
