@@ -464,6 +464,9 @@ void conv2d_forward_blocked_f32(const float* input, const float* weight, const f
     else if (isa == CpuIsa::kAvx2) run_avx2(c, n, t);
     else run_baseline(c, n, t);
   }
+  // The input copy is kept for the next call, unless it is large: a big one-off layer should
+  // not hold its copy for the life of the thread.
+  if (ws.x.capacity() * sizeof(float) > (size_t(256) << 20)) std::vector<float>().swap(ws.x);
 }
 
 }  // namespace cnnops
