@@ -115,7 +115,7 @@ def _gemm_configs(m: str, n: str, k: str) -> list[triton.Config]:
 CONV2D_FWD_CONFIGS = configs(_gemm_configs("BLOCK_M", "BLOCK_N", "BLOCK_K"),
                              triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}))
 CONV2D_FWD_KEY = ["NPQ", "C_OUT_G", "C_RUN", "R", "S_LOOP", "SPLIT"]
-GROUP_M = 8  # row tiles per band of the grouped launch order (L2 reuse of the weight tiles)
+GROUP_M = tl.constexpr(8)  # row tiles per band of the grouped launch order (L2 reuse of the weight tiles)
 
 
 @triton.autotune(configs=CONV2D_FWD_CONFIGS, key=CONV2D_FWD_KEY,
@@ -161,9 +161,13 @@ def conv2d_fwd_kernel(
     h0 = p * stride_h - pad_h
     w0 = q * stride_w - pad_w
     x_row = x_ptr + n * sx_n + h0 * sx_h + w0 * sx_w + group * C_IN_G  # tap (0, 0), channel 0
+    h0 = tl.where(row_ok, h0, H)  # rows past the end: no tap is inside the image
+    h_lim = H.to(tl.uint32)
+    w_lim = W.to(tl.uint32)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # k within the group
     col_ok = cols < C_OUT_G
-    w_col = w_ptr + (group * C_OUT_G + cols) * (R * S_LOOP * C_RUN)
+    # columns past the end read the last column again (never stored): no mask on the weight
+    w_col = w_ptr + (group * C_OUT_G + tl.minimum(cols, C_OUT_G - 1)) * (R * S_LOOP * C_RUN)
     kk = tl.arange(0, BLOCK_K)
     if ROW_RUN:  # the run of a filter row starts at (h, w0): elements w0*C .. W*C-1 are inside
         run_lo = -w0 * C_IN_G
@@ -187,20 +191,23 @@ def conv2d_fwd_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
     for _ in range(t0, t1):
-        # 1-D validity of the tap for each row, and of the channels (or run elements)
-        ok = row_ok & (h0 >= -dr) & (h0 < H - dr)
+        # 1-D validity of the tap for each row (0 <= h < H as one unsigned compare), and of
+        # the channels (or run elements)
+        ok = (h0 + dr).to(tl.uint32, bitcast=True) < h_lim
         if not ROW_RUN:
-            ok = ok & (w0 >= -ds) & (w0 < W - ds)
+            ok = ok & ((w0 + ds).to(tl.uint32, bitcast=True) < w_lim)
         c = c0 + kk
         a_ok = ok[:, None]
-        b_ok = col_ok[None, :]
-        if not EVEN_K:
-            a_ok = a_ok & (c < C_RUN)[None, :]
-            b_ok = b_ok & (c < C_RUN)[:, None]
         if ROW_RUN:
             a_ok = a_ok & (c[None, :] >= run_lo[:, None]) & (c[None, :] < run_hi[:, None])
-        a = tl.load(x_row[:, None] + (x_tap + c)[None, :], mask=a_ok, other=0.0)
-        b = tl.load(w_col[None, :] + (tap_w + c)[:, None], mask=b_ok, other=0.0)
+        if EVEN_K:
+            a = tl.load(x_row[:, None] + (x_tap + c)[None, :], mask=a_ok, other=0.0)
+            b = tl.load(w_col[None, :] + (tap_w + c)[:, None])
+        else:
+            a = tl.load(x_row[:, None] + (x_tap + c)[None, :],
+                        mask=a_ok & (c < C_RUN)[None, :], other=0.0)
+            b = tl.load(w_col[None, :] + (tap_w + c)[:, None], mask=(c < C_RUN)[:, None],
+                        other=0.0)
         acc = _mma(a, b, acc, ACC_TYPE, PRECISION)
         # next step: the next channel block, or the first block of the next tap
         c0 += BLOCK_K
@@ -259,38 +266,47 @@ def _split_sum_kernel(
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=ok)
 
 
-# Grad weight: autotuned per (output channels per group, input channels per group, pixels per split).
+# Grad weight: autotuned per (channels per group, batch, output size, kernel size, split).
 CONV2D_WGRAD_CONFIGS = configs(_gemm_configs("BLOCK_M", "BLOCK_N", "BLOCK_K"),
                                triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}))
-CONV2D_WGRAD_KEY = ["C_OUT_G", "C_IN_G", "CHUNK", "R", "S"]
+CONV2D_WGRAD_KEY = ["C_OUT_G", "C_IN_G", "N", "P", "Q", "R", "S", "SPLIT"]
 
 
 @triton.autotune(configs=CONV2D_WGRAD_CONFIGS, key=CONV2D_WGRAD_KEY,
                  prune_configs_by={"early_config_prune": _prune(
-                     "BLOCK_M", "BLOCK_N", "BLOCK_K", "C_OUT_G", "C_IN_G", "CHUNK", "x_ptr")})
+                     "BLOCK_M", "BLOCK_N", "BLOCK_K", "C_OUT_G", "C_IN_G", "NPQ", "x_ptr")})
+@triton.heuristics({"BLOCK_Q": lambda a: min(triton.next_power_of_2(a["Q"]), a["BLOCK_K"]),
+                    "EVEN_MN": lambda a: a["C_OUT_G"] % a["BLOCK_M"] == 0
+                    and a["C_IN_G"] % a["BLOCK_N"] == 0})
 @triton.jit
 def conv2d_grad_weight_kernel(
     dy_ptr,  # grad of the output, channels-last contiguous: (n, p, q, k) at ((n*P + p)*Q + q)*C_out + k
     x_ptr,  # input, channels-last: (n, h, w, c) at n*sx_n + h*sx_h + w*sx_w + c
     dw_ptr,  # partial grad weight (SPLIT, C_out, R*S*C_in/G) in ACC_TYPE, one slab per split
-    C_OUT_G, C_IN_G, NPQ, CHUNK,  # GEMM sizes: rows C_out/G, columns C_in/G (one tap), pixels in chunks
-    H, W, P, Q, R, S,  # input, output and kernel sizes
+    C_OUT_G, C_IN_G, NPQ, SPLIT,  # GEMM rows C_out/G, columns C_in/G (one tap), pixels, split-K
+    N, H, W, P, Q, R, S,  # batch, input, output and kernel sizes
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,  # the forward convolution's geometry
     sx_n, sx_h, sx_w,  # x strides (elements; the channel stride is 1)
     ACC_TYPE: tl.constexpr,  # tl.float32, or tl.float64 for float64 tensors
     PRECISION: tl.constexpr,  # tl.dot input_precision: "tf32" or "ieee"
+    BLOCK_Q: tl.constexpr,  # pixels of one output row per step (a power of 2); BLOCK_K / BLOCK_Q rows
+    EVEN_MN: tl.constexpr,  # the channel tiles divide C_out/G and C_in/G: no channel masks
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,  # tile of dW, pixels per step
 ):
-    """dw[k, tap, c] = sum over the pixels of this split of dy[pixel, k] x[pixel moved by tap, c]:
-    one tap (r, s) per program (grid axis 1 = tap * G + group), so the x tile of a step is
+    """dw[k, tap, c] = sum over the pixels of dy[pixel, k] x[pixel moved by the tap, c].
+
+    One tap (r, s) per program (grid axis 1 = tap * G + group), so the x tile of a step is
     BLOCK_K pixels x BLOCK_N consecutive channels (16-byte loads) and the dy tile BLOCK_K
-    consecutive pixels x BLOCK_M consecutive channels (one pointer advance per step). The
-    pixels' (n, p, q) are carried and advanced with carries instead of divided per step."""
+    pixels x BLOCK_M consecutive channels. A step's pixels are a (BLOCK_K / BLOCK_Q) x BLOCK_Q
+    patch of output rows and columns: their offsets from the patch corner are computed once
+    (shifts: BLOCK_Q is a power of 2), and the corner (n, p0, q0) is carried from step to step
+    with scalar wraps: no division in the loop. The steps are cut into SPLIT contiguous ranges
+    (grid axis 2), each written to its own slab of partial sums."""
+    BLOCK_P: tl.constexpr = BLOCK_K // BLOCK_Q
     pid = tl.program_id(0)
     groups = tl.num_programs(1) // (R * S)
     tap = tl.program_id(1) // groups
     group = tl.program_id(1) % groups
-    split = tl.program_id(2)
     num_n = tl.cdiv(C_IN_G, BLOCK_N)
     pid_m = pid // num_n
     pid_n = pid % num_n
@@ -302,44 +318,61 @@ def conv2d_grad_weight_kernel(
     k_ok = ks < C_OUT_G
     cs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # input channel within the group
     c_ok = cs < C_IN_G
-
-    start = split * CHUNK
-    end = tl.minimum(start + CHUNK, NPQ)
-    i = start + tl.arange(0, BLOCK_K)  # the step's pixels (n, p, q), decoded once here
-    n = i // (P * Q)
-    p = (i // Q) % P
-    q = i % Q
-    # one step is BLOCK_K pixels = step_n images + step_p rows + step_q columns
-    step_q = BLOCK_K % Q
-    step_p = (BLOCK_K // Q) % P
-    step_n = BLOCK_K // (P * Q)
-    h_tap = r * dil_h - pad_h
-    w_tap = s * dil_w - pad_w
-    dy_tile = dy_ptr + i[None, :] * c_out + (group * C_OUT_G + ks)[:, None]
+    dy_k = dy_ptr + group * C_OUT_G + ks
     x_c = x_ptr + group * C_IN_G + cs
 
+    # the step's pixels relative to the patch corner, computed once
+    kk = tl.arange(0, BLOCK_K)
+    dp = kk // BLOCK_Q
+    dq = kk % BLOCK_Q
+    dy_rel = (dp * Q + dq) * c_out
+    x_rel = dp * (stride_h * sx_h) + dq * (stride_w * sx_w)
+    h_rel = dp * stride_h
+    w_rel = dq * stride_w
+    h_lim = H.to(tl.uint32)
+    w_lim = W.to(tl.uint32)
+
+    # this split's range of steps over (n, row patch, column patch); divisions before the loop
+    q_blocks = tl.cdiv(Q, BLOCK_Q)
+    p_blocks = tl.cdiv(P, BLOCK_P)
+    steps = N * p_blocks * q_blocks
+    per_split = tl.cdiv(steps, SPLIT)
+    t0 = tl.program_id(2) * per_split
+    t1 = tl.minimum(t0 + per_split, steps)
+    q0 = (t0 % q_blocks) * BLOCK_Q
+    p0 = ((t0 // q_blocks) % p_blocks) * BLOCK_P
+    n = t0 // (q_blocks * p_blocks)
+    h_tap = r * dil_h - pad_h
+    w_tap = s * dil_w - pad_w
+
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
-    for i0 in range(start, end, BLOCK_K):
-        i_ok = (i0 + tl.arange(0, BLOCK_K)) < end
-        a = tl.load(dy_tile, mask=k_ok[:, None] & i_ok[None, :], other=0.0)
-        h = p * stride_h + h_tap
-        w = q * stride_w + w_tap
-        x_ok = i_ok & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-        b = tl.load(x_c[None, :] + (n * sx_n + h * sx_h + w * sx_w)[:, None],
-                    mask=x_ok[:, None] & c_ok[None, :], other=0.0)
+    for _ in range(t0, t1):
+        pix_ok = (dp < P - p0) & (dq < Q - q0)
+        h0 = p0 * stride_h + h_tap
+        w0 = q0 * stride_w + w_tap
+        x_ok = pix_ok & ((h0 + h_rel).to(tl.uint32, bitcast=True) < h_lim) \
+            & ((w0 + w_rel).to(tl.uint32, bitcast=True) < w_lim)
+        a_ok = pix_ok[None, :]
+        b_ok = x_ok[:, None]
+        if not EVEN_MN:
+            a_ok = a_ok & k_ok[:, None]
+            b_ok = b_ok & c_ok[None, :]
+        a = tl.load(dy_k[:, None] + (((n * P + p0) * Q + q0) * c_out + dy_rel)[None, :],
+                    mask=a_ok, other=0.0)
+        b = tl.load(x_c[None, :] + (n * sx_n + h0 * sx_h + w0 * sx_w + x_rel)[:, None],
+                    mask=b_ok, other=0.0)
         acc = _mma(a, b, acc, ACC_TYPE, PRECISION)
-        # next step: advance pointers and (n, p, q) with carries (p < P, q < Q stay true)
-        dy_tile += BLOCK_K * c_out
-        q += step_q
-        carry = q >= Q
-        q = tl.where(carry, q - Q, q)
-        p += step_p + carry.to(tl.int32)
-        carry = p >= P
-        p = tl.where(carry, p - P, p)
-        n += step_n + carry.to(tl.int32)
+        # next patch: along the row, then the next rows, then the next image
+        q0 += BLOCK_Q
+        wrap = q0 >= Q
+        q0 = tl.where(wrap, 0, q0)
+        p0 = tl.where(wrap, p0 + BLOCK_P, p0)
+        wrap = p0 >= P
+        p0 = tl.where(wrap, 0, p0)
+        n = tl.where(wrap, n + 1, n)
 
     j_cols = R * S * C_IN_G
-    out = dw_ptr + (split * c_out + group * C_OUT_G + ks)[:, None] * j_cols \
+    out = dw_ptr + (tl.program_id(2) * c_out + group * C_OUT_G + ks)[:, None] * j_cols \
         + (tap * C_IN_G + cs)[None, :]
     tl.store(out, acc, mask=k_ok[:, None] & c_ok[None, :])
 
@@ -371,13 +404,17 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
 
 
 def _num_sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    """SMs of the GPU; 132 (H100/H200) for meta tensors, where the AOT compile
+    (benchmarks/aot_sm90.py) records the launches an sm_90 run would make."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 132
 
 
 def _fwd_split(tiles: int, steps: int, device: torch.device) -> int:
     """Split-K of the forward: when the (128 x 128-estimated) output tiles do not fill the GPU
     once, cut the reduction so that about 2 programs per SM run, keeping >= 8 steps each."""
-    if device.type != "cuda" or INTERPRETED:
+    if INTERPRETED or device.type == "cpu":
         return _FWD_SPLIT_INTERPRETED
     sms = _num_sms(device)
     if tiles >= sms:
@@ -395,7 +432,7 @@ def _wgrad_split(pixels: int, tiles: int, device: torch.device) -> int:
     partial sums stay a small fraction of the work. The interpreter uses tiny chunks so
     tests on tiny shapes run split-K too.
     """
-    if INTERPRETED or device.type != "cuda":
+    if INTERPRETED or device.type == "cpu":
         return max(1, min(4, pixels // 32))
     return max(1, min(cdiv(2 * _num_sms(device), tiles), pixels // 256))
 
@@ -559,8 +596,9 @@ def conv2d_grad_weight(grad: torch.Tensor, x: torch.Tensor, weight_shape: list[i
 
     if npq > 0:
         launch(conv2d_grad_weight_kernel, grid,
-               dy_cl, x_cl, dw_parts, c_out_g, c_in_g, npq, chunk, h_in, w_in, p_out, q_out,
-               r, s, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+               dy_cl, x_cl, dw_parts, c_out_g, c_in_g, npq, split, n_batch, h_in, w_in, p_out,
+               q_out, r, s, stride[0], stride[1], padding[0], padding[1], dilation[0],
+               dilation[1],
                x_cl.stride(0), x_cl.stride(2), x_cl.stride(3),
                ACC_TYPE=accumulator_type(x.dtype), PRECISION=dot_precision(x.dtype))
     dw = torch.empty((c_out, r, s, c_in_g), dtype=x.dtype, device=x.device)
