@@ -247,8 +247,9 @@ def test_the_logged_metrics_are_the_model_s(tmp_path):
     assert not (tmp_path / "lenet_bn-torch-digits.ckpt").exists()
 
 
-CKPT_ARGS = ["lenet_bn", "--limit", "96", "--batch-size", "16", "--backend", "torch",
-             "--device", "cpu", "--quiet"]
+# 48 examples in batches of 16: 3 steps an epoch
+CKPT_ARGS = ["lenet_bn", "--limit", "48", "--batch-size", "16", "--backend", "torch",
+             "--device", "cpu", "--quiet", "--no-plot"]
 
 
 def straight_run(tmp_path, epochs=2):
@@ -288,19 +289,19 @@ def test_ctrl_c_mid_epoch_checkpoints_and_resumes_bit_for_bit(tmp_path, monkeypa
     out = tmp_path / "stopped"
     real_resize, calls = datasets.resize, []
 
-    def ctrl_c_at_the_third_step(images, size):
+    def ctrl_c_at_the_second_step(images, size):
         calls.append(1)
-        if len(calls) == 3:  # 96 / 16 = 6 training steps per epoch: in epoch 1
+        if len(calls) == 2:  # the second of epoch 1's 3 training steps
             os.kill(os.getpid(), signal.SIGINT)
         return real_resize(images, size)
-    monkeypatch.setattr(datasets, "resize", ctrl_c_at_the_third_step)
+    monkeypatch.setattr(datasets, "resize", ctrl_c_at_the_second_step)
     status = main(["train", *CKPT_ARGS, "--epochs", "2", "--out", str(out)])
     monkeypatch.setattr(datasets, "resize", real_resize)
     assert status == 130
     assert "--resume" in capsys.readouterr().out
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     state = torch.load(out / "lenet_bn-torch-digits.ckpt", weights_only=True)
-    assert (state["epoch"], state["step"], state["history"]) == (0, 3, [])
+    assert (state["epoch"], state["step"], state["history"]) == (0, 2, [])
     assert not (out / "lenet_bn-torch-digits.json").exists()  # no log of an unfinished run
     resumed = train.execute(parse(CKPT_ARGS + ["--epochs", "2", "--out", str(out),
                                                "--resume"]))

@@ -102,6 +102,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="weights, shuffling, digits split")
     parser.add_argument("--out", default="runs", help="folder for the JSON log and the PNG (default: runs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--no-plot", action="store_true", help="write no PNG of the curves")
     parser.add_argument("--checkpoint", metavar="PATH",
                         help="checkpoint file (default: --out/MODEL-BACKEND-DATA.ckpt)")
     parser.add_argument("--resume", action="store_true",
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"stopped: {record['stopped']}; continue with the same command and --resume "
                   f"(checkpoint: {record['checkpoint']})")
             return 130
-        print(f"log: {record['log']}\nplot: {record['plot']}")
+        print(f"log: {record['log']}" + (f"\nplot: {record['plot']}" if record["plot"] else ""))
         if record.get("checkpoint"):
             print(f"checkpoint: {record['checkpoint']}")
     return 130 if record.get("stopped") else 0
@@ -150,7 +151,7 @@ def execute(args: argparse.Namespace) -> tuple[dict, nn.Module]:
         options["ratio"] = args.ratio
     data_name = args.data or ("fashion-mnist" if args.data_dir else "digits")
     # the tools extra: tqdm (progress), matplotlib (curves), scikit-learn (the digits)
-    require("python -m cnnops train", "tqdm", "matplotlib",
+    require("python -m cnnops train", "tqdm", *([] if args.no_plot else ["matplotlib"]),
             *(["sklearn"] if data_name == "digits" else []))
     epochs = args.epochs if args.epochs is not None else (
         recipe.digits_epochs if data_name == "digits" else recipe.epochs)
@@ -232,7 +233,7 @@ def execute(args: argparse.Namespace) -> tuple[dict, nn.Module]:
         "versions": {"cnnops": cnnops.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
     }
-    record.update(rank=rank, log=stem + ".json", plot=stem + ".png",
+    record.update(rank=rank, log=stem + ".json", plot=None if args.no_plot else stem + ".png",
                   checkpoint=checkpoint.path if checkpoint else None)
     if rank == 0:
         print(f"loss {record['train_loss']:.3f}, train acc {record['train_acc']:.3f}, "
@@ -243,7 +244,8 @@ def execute(args: argparse.Namespace) -> tuple[dict, nn.Module]:
         with open(record["log"], "w") as f:
             json.dump({k: v for k, v in record.items()
                        if k not in ("rank", "log", "plot", "checkpoint")}, f, indent=2)
-        plot_history(history, record["plot"], title=header.removeprefix("training "))
+        if record["plot"]:
+            plot_history(history, record["plot"], title=header.removeprefix("training "))
     return record, model.module if world_size > 1 else model
 
 
