@@ -111,7 +111,7 @@ class NativeBackend(Backend):
 
 BACKEND = NativeBackend()
 
-# ---- fakes and autograd of the native ops `torch.ops.cnnops.*` ------------------------------
+# ==== fakes and autograd of the native ops `torch.ops.cnnops.*` ==============================
 # The schemas and the CPU/CUDA kernels are registered in C++ (kernels/binding/ops.cpp), loaded
 # by `import cnnops._C`; what torch.compile and autograd need is added here by `_register`: a
 # fake for every op (shapes only, no data), a backward for the forward ops built from the
@@ -144,7 +144,7 @@ def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, output_size)
 
 
 def _max_pool2d_grad_input_fake(grad_output, input, indices, kernel_size, stride, padding,
-                              dilation):
+                                dilation):
     return input.new_empty(input.shape)
 
 
@@ -154,7 +154,7 @@ def _avg_pool2d_fake(input, kernel_size, stride, padding, count_include_pad, div
 
 
 def _avg_pool2d_grad_input_fake(grad_output, input, kernel_size, stride, padding,
-                              count_include_pad, divisor_override):
+                                count_include_pad, divisor_override):
     return input.new_empty(input.shape)
 
 

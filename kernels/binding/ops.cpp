@@ -140,7 +140,8 @@ Tensor conv2d(const Tensor& input_, const Tensor& weight_, const std::optional<T
   TORCH_CHECK(algo != kConvTiled || !input_.is_cuda() ||
               conv2d_tiled_fits(s, cuda_dtype(input_, op)), op, ": the tiled CUDA kernel's "
               "input patch does not fit in shared memory for kernel ", weight_.sizes().slice(2),
-              " with stride ", stride, " and dilation ", dilation, "; use algo 0 (auto) or 1 (naive)");
+              " with stride ", stride, " and dilation ", dilation,
+              "; use algo 0 (auto) or 1 (naive)");
 #endif
   const Tensor input = input_.contiguous(), weight = weight_.contiguous();
   Tensor out = at::empty({s.N, s.C_out, s.OH, s.OW}, input.options());
