@@ -1,10 +1,19 @@
 """CPU speed of the native kernels against PyTorch's CPU kernels on the classic models' layers.
 
-Prints a table: layer, torch ms, native ms, ratio (torch / native: > 1 means native is faster),
-medians of torch.utils.benchmark Timer.blocked_autorange, torch and native timed side by side.
-    python benchmarks/cpu_native_speed.py [--threads 2] [--only pool|conv|bwd] [--min-run 0.3]
+Prints a table: layer, torch ms, native ms, ratio (torch / native: > 1 means native is faster)
+and, for convolutions, the fraction of the FMA peak each reaches (the peak and the copy
+bandwidth are measured in the same run by kernels/cpu/peak.cpp, called through ctypes).
+torch and native are timed interleaved (torch, native, torch, ...), `--rounds` rounds of
+Timer.blocked_autorange each, and the median round is kept. `--clock thread` times with the
+calling thread's CPU time instead (one thread only: it excludes the time the thread waits
+while other processes hold the core, the dominant noise on a shared machine).
+    python benchmarks/cpu_native_speed.py [--threads 2] [--only pool|conv|bwd|issue14]
+        [--min-run 0.3] [--rounds 5] [--clock wall|thread]
 """
 import argparse
+import ctypes
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -34,24 +43,94 @@ CONVS = [
 ]
 
 
-def median_ms(stmt, env, min_run):
-    return Timer(stmt, globals=env, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=min_run).median * 1e3
+# issue 14's forward layers (batch 8) and the LeNet / ResNet-18 layers at their training batch:
+# (name, input shape, C_out, kernel, stride, padding)
+ISSUE14 = [
+    ("64x24x24->192 3x3p1 b8", (8, 64, 24, 24), 192, 3, 1, 1),
+    ("192x12x12->32 1x1 b8", (8, 192, 12, 12), 32, 1, 1, 0),
+    ("32x12x12->96 5x5p2 b8", (8, 32, 12, 12), 96, 5, 1, 2),
+    ("32x6x6->128 5x5p2 b8", (8, 32, 6, 6), 128, 5, 1, 2),
+    ("176x6x6->32 3x3p1 b8", (8, 176, 6, 6), 32, 3, 1, 1),
+    ("resnet18 64->64 3x3p1 24 b32", (32, 64, 24, 24), 64, 3, 1, 1),
+    ("resnet18 64->128 3x3/2p1 24 b32", (32, 64, 24, 24), 128, 3, 2, 1),
+    ("resnet18 64->128 1x1/2 24 b32", (32, 64, 24, 24), 128, 1, 2, 0),
+    ("resnet18 256->256 3x3p1 6 b32", (32, 256, 6, 6), 256, 3, 1, 1),
+    ("resnet18 conv1 3->64 7x7/2p3 96 b32", (32, 3, 96, 96), 64, 7, 2, 3),
+    ("lenet conv1 1->6 5x5p2 28 b256", (256, 1, 28, 28), 6, 5, 1, 2),
+    ("lenet conv2 6->16 5x5 14 b256", (256, 6, 14, 14), 16, 5, 1, 0),
+]
+
+CLOCK = {"wall": None, "thread": time.thread_time}
+
+
+def limits(threads):
+    """(FMA peak GFLOP/s, copy GB/s) from the extension's probes, or (None, None)."""
+    try:
+        import cnnops._C as ext
+        lib = ctypes.CDLL(ext.__file__)
+        peak, copy = lib.cnnops_cpu_fma_peak_gflops, lib.cnnops_cpu_copy_gbps
+    except (ImportError, OSError, AttributeError):
+        return None, None
+    for fn in (peak, copy):
+        fn.restype, fn.argtypes = ctypes.c_double, [ctypes.c_int, ctypes.c_double]
+    return peak(threads, 0.5), copy(threads, 0.5)
+
+
+def median_ms(stmt, env, min_run, clock=None):
+    if clock is None:
+        return Timer(stmt, globals=env, num_threads=torch.get_num_threads()).blocked_autorange(
+            min_run_time=min_run).median * 1e3
+    fn = eval("lambda: " + stmt, env)  # noqa: S307 (the statements are this file's own)
+    fn()
+    t0 = clock()
+    reps = 0
+    while clock() - t0 < min_run:
+        fn()
+        reps += 1
+    return (clock() - t0) / reps * 1e3
+
+
+def interleaved_ms(torch_stmt, native_stmt, env, args):
+    """Median over rounds of (torch, native) timed back to back."""
+    clock = CLOCK[args.clock]
+    ts, ns = [], []
+    for _ in range(args.rounds):
+        ts.append(median_ms(torch_stmt, env, args.min_run, clock))
+        ns.append(median_ms(native_stmt, env, args.min_run, clock))
+    return statistics.median(ts), statistics.median(ns)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", choices=("pool", "conv", "bwd", "copy"), default=None)
+    parser.add_argument("--only", choices=("pool", "conv", "bwd", "copy", "issue14"),
+                        default=None)
     parser.add_argument("--min-run", type=float, default=0.3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--clock", choices=tuple(CLOCK), default="wall")
     args = parser.parse_args()
+    if args.clock == "thread" and args.threads != 1:
+        parser.error("--clock thread times one thread: use --threads 1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = []
+    peak, copy = limits(args.threads)
+    if peak:
+        print(f"FMA peak {peak:.1f} GFLOP/s, copy {copy:.1f} GB/s (read + write), "
+              f"{args.threads} thread(s)")
 
-    def add(name, torch_stmt, native_stmt, env):
-        rows.append((name, median_ms(torch_stmt, env, args.min_run),
-                     median_ms(native_stmt, env, args.min_run)))
+    def add(name, torch_stmt, native_stmt, env, flops=None):
+        t, n = interleaved_ms(torch_stmt, native_stmt, env, args)
+        rows.append((name, t, n, flops))
+
+    if args.only == "issue14":
+        for name, shape, cout, k, s, p in ISSUE14:
+            x, w, b = torch.randn(shape), torch.randn(cout, shape[1], k, k) * 0.1, torch.randn(cout)
+            env = {"x": x, "w": w, "b": b, "F": F, "cnnops": cnnops, "s": s, "p": p}
+            y = F.conv2d(x, w, b, s, p)
+            add(name + " fwd", "F.conv2d(x, w, b, s, p)",
+                "cnnops.conv2d(x, w, b, s, p, backend='native')", env,
+                flops=2 * y.numel() * shape[1] * k * k)
 
     if args.only in (None, "copy", "pool"):
         x = torch.randn(32, 64, 48, 48)
@@ -91,8 +170,10 @@ def main():
             env = {"x": x, "w": w, "b": b, "F": F, "ops": ops, "torch": torch,
                    "s": [s, s], "p": [p, p]}
             if args.only != "bwd":
+                env.update(cnnops=cnnops, si=s, pi=p)
                 add(name + " fwd", "F.conv2d(x, w, b, s, p)",
-                    "ops.conv2d(x, w, b, s, p, [1, 1], 1, False, 0)", env)
+                    "cnnops.conv2d(x, w, b, si, pi, backend='native')", env,
+                    flops=2 * F.conv2d(x, w, b, s, p).numel() * shape[1] * k * k)
             if args.only != "conv":
                 env["g"] = torch.randn_like(F.conv2d(x, w, b, s, p))
                 tb = ("torch.ops.aten.convolution_backward(g, x, w, [{}], s, p, [1, 1], False, "
@@ -102,9 +183,18 @@ def main():
                         "ops.conv2d_grad_input(g, x, w, s, p, [1, 1], 1)", env)
                 add(name + " bwd weight", tb.format(cout, "False", "True"),
                     "ops.conv2d_grad_weight(g, x, w, s, p, [1, 1], 1)", env)
-    print(f"{'layer':48s} {'torch ms':>9s} {'native ms':>9s} {'ratio':>6s}")
-    for name, t, n in rows:
-        print(f"{name:48s} {t:9.3f} {n:9.3f} {t / n:6.2f}")
+    print(f"{'layer':48s} {'torch ms':>9s} {'native ms':>9s} {'ratio':>6s} "
+          f"{'torch %peak':>11s} {'native %peak':>12s}")
+    ratios = []
+    for name, t, n, flops in rows:
+        frac = ""
+        if flops and peak:
+            frac = f" {flops / t / 1e6 / peak * 100:11.1f} {flops / n / 1e6 / peak * 100:12.1f}"
+        print(f"{name:48s} {t:9.3f} {n:9.3f} {t / n:6.2f}{frac}")
+        if not name.startswith("copy"):
+            ratios.append(t / n)
+    if ratios:
+        print(f"geometric mean ratio {statistics.geometric_mean(ratios):.2f} over {len(ratios)}")
 
 
 if __name__ == "__main__":

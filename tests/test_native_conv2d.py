@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnops
+from cnnops.shapes import conv2d_output_hw
 from differential import assert_close as _assert_close
 
 from backend_support import NATIVE, native_only, needs_cuda
@@ -159,12 +160,18 @@ def test_gradgradcheck():
     assert torch.autograd.gradgradcheck(conv, (x, w, b))
 
 
+def _raw_args(x, w, b, stride, padding, dilation, groups, relu, algo):
+    """The op's arguments, with the output size the caller computes (cnnops.shapes)."""
+    out_hw = list(conv2d_output_hw(x.shape[-2:], w.shape[-2:], stride, padding, dilation))
+    return (x, w, b, stride, padding, dilation, groups, out_hw, relu, algo)
+
+
 def _raw_samples():
     x, w, b = _inputs((2, 4, 7, 6), (6, 2, 3, 2), True)
     return [
-        (x, w, b, [2, 1], [1, 1], [1, 2], 2, False, 0),
-        (x.detach(), w.detach(), None, [1, 1], [0, 0], [1, 1], 2, True, 0),
-        (x, w, b, [1, 2], [2, 0], [1, 1], 2, True, 0),
+        _raw_args(x, w, b, [2, 1], [1, 1], [1, 2], 2, False, 0),
+        _raw_args(x.detach(), w.detach(), None, [1, 1], [0, 0], [1, 1], 2, True, 0),
+        _raw_args(x, w, b, [1, 2], [2, 0], [1, 1], 2, True, 0),
     ]
 
 
@@ -177,7 +184,7 @@ def test_opcheck_backward_ops():
     x, w, _ = _inputs((2, 4, 7, 6), (6, 2, 3, 2), False)
     x, w = x.detach(), w.detach()
     conv_args = ([2, 1], [1, 1], [1, 2], 2)
-    grad = torch.randn_like(torch.ops.cnnops.conv2d(x, w, None, *conv_args))
+    grad = torch.randn_like(torch.ops.cnnops.conv2d(*_raw_args(x, w, None, *conv_args, False, 0)))
     torch.library.opcheck(torch.ops.cnnops.conv2d_grad_input.default, (grad, x, w, *conv_args))
     torch.library.opcheck(torch.ops.cnnops.conv2d_grad_weight.default, (grad, x, w, *conv_args))
     torch.library.opcheck(torch.ops.cnnops.conv2d_grad_bias.default, (grad,))
@@ -287,4 +294,4 @@ def test_cuda_opcheck():
     x, w, b = (t.detach() for t in _inputs((2, 4, 7, 6), (6, 2, 3, 2), True, device="cuda"))
     for algo in (1, 2):
         torch.library.opcheck(torch.ops.cnnops.conv2d.default,
-                              (x, w, b, [2, 1], [1, 1], [1, 2], 2, True, algo))
+                              _raw_args(x, w, b, [2, 1], [1, 1], [1, 2], 2, True, algo))

@@ -9,7 +9,6 @@ variant is forced with the environment variable CNNOPS_CPU_ISA, read by the kern
 call; variants the CPU lacks are skipped.
 """
 import ctypes
-import os
 
 import pytest
 import torch
@@ -174,16 +173,14 @@ def test_bitwise_deterministic(threads):
             assert torch.equal(a, c)
 
 
-def test_isa_variants_agree_closely():
-    # the variants differ only in the order of the float32 sums, never in what they sum
+def test_isa_variants_agree_closely(monkeypatch):
+    # the variants differ only in the order of the float32 sums, never in what they sum (an
+    # ISA the CPU lacks falls back to the best one it has)
     x, w, b = _make((2, 16, 12, 12), 48, (3, 3), seed=2)
     outs = {}
-    for name in ("avx512", "avx2", "baseline"):
-        os.environ["CNNOPS_CPU_ISA"] = name
-        try:
-            outs[name] = cnnops.conv2d(x, w, b, padding=1, backend="native")
-        finally:
-            del os.environ["CNNOPS_CPU_ISA"]
+    for name in ("avx512", "avx2", "baseline", "no-such-isa"):
+        monkeypatch.setenv("CNNOPS_CPU_ISA", name)
+        outs[name] = cnnops.conv2d(x, w, b, padding=1, backend="native")
     want = _want(x, w, b, dict(padding=1))
     for name, y in outs.items():
         assert_close(y.double(), want, *_tol(x, w), name)
@@ -205,3 +202,17 @@ def test_peak_probes_exported():
     assert 2.0 < one < 1000.0
     gbps = lib.cnnops_cpu_copy_gbps(1, 0.0)
     assert 0.5 < gbps < 2000.0
+
+
+def test_opcheck_float32_blocked():
+    # the op's registration (schema, fake, autograd) on a float32 call that takes the blocked
+    # kernel, forward and the stride-1 grad_input through it
+    from cnnops.shapes import conv2d_output_hw
+    x, w, b = _make((2, 16, 6, 5), 32, (3, 3))
+    for stride, padding in (([1, 1], [1, 1]), ([2, 1], [0, 1])):
+        out_hw = list(conv2d_output_hw(x.shape[-2:], w.shape[-2:], stride, padding, [1, 1]))
+        args = (x, w, b, stride, padding, [1, 1], 1, out_hw, False, 0)
+        torch.library.opcheck(torch.ops.cnnops.conv2d.default, args)
+        grad = torch.randn(2, 32, *out_hw)
+        torch.library.opcheck(torch.ops.cnnops.conv2d_grad_input.default,
+                              (grad, x, w, stride, padding, [1, 1], 1))
