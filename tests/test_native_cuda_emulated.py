@@ -4,8 +4,9 @@ No GPU is needed: each .cu file is rewritten for g++ (a launch `k<<<grid, block,
 stream>>>(args)` becomes `emu::Launch(grid, block, shared, stream)(k, args)`, dynamic shared
 memory becomes a static buffer) and compiled with tests/native_cuda_emu/cuda_emu.h, where the
 threads of a block are real threads (barriers for __syncthreads, per-warp exchange for
-__shfl_down_sync). tests/native_cuda_emu/harness.cpp then compares every launcher, every dtype
-and both conv2d algorithms with the C++ kernels (tested against PyTorch elsewhere).
+__shfl_down_sync). tests/native_cuda_emu/harness.cpp then compares every launcher (batch
+norm's included), every dtype and both conv2d algorithms with the C++ kernels (tested against
+PyTorch elsewhere).
 
 The cases are listed here and written into a generated header (emu_cases.h) with their output
 sizes from cnnops.shapes, as the binding gets them from the native backend: the kernels
@@ -27,7 +28,8 @@ from cnnops.shapes import conv2d_output_hw, pool2d_output_hw
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS = ROOT / "kernels"
 EMU = ROOT / "tests" / "native_cuda_emu"
-CUDA_SOURCES = ("cuda/conv2d.cu", "cuda/max_pool2d.cu", "cuda/avg_pool2d.cu")
+CUDA_SOURCES = ("cuda/conv2d.cu", "cuda/max_pool2d.cu", "cuda/avg_pool2d.cu",
+                "cuda/batch_norm.cu")
 # every C++ kernel file (conv2d.cpp calls helpers in other files of kernels/cpu)
 CPU_SOURCES = tuple(sorted(str(p.relative_to(KERNELS)) for p in (KERNELS / "cpu").glob("*.cpp")))
 
@@ -105,7 +107,7 @@ def _cuda_include() -> Path | None:
 
 def for_emulation(source: str) -> str:
     """A .cu file's text rewritten so g++ compiles it against cuda_emu.h."""
-    source = re.sub(r"([\w:]+<T>)<<<(.*?)>>>\(", r"::emu::Launch(\2)(\1, ", source, flags=re.S)
+    source = re.sub(r"([\w:]+<\w+>)<<<(.*?)>>>\(", r"::emu::Launch(\2)(\1, ", source, flags=re.S)
     source = re.sub(r"extern __shared__[^;]*?(\w+)\[\];",
                     r"unsigned char* \1 = ::emu::dynamic_shared;", source)
     source = source.replace("cudaGetLastError()", "::emu::last_error()")

@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "batch_norm.h"
 #include "kernels.h"
 
 // The cases, with their output sizes from cnnops.shapes (the one size rule; the kernels take
@@ -200,8 +201,61 @@ void test_avg_pool(const std::string& name, const Pool2dShape& s) {
     }
 }
 
+// Per-channel vectors of batch norm are in the accumulation type: float for half types.
+template <typename T>
+using acc_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+template <typename T>
+void test_batch_norm(const std::string& name, int64_t N, int64_t C, int64_t L, bool training) {
+  using A = acc_of<T>;
+  const std::string tag = name + " " + name_of<T>() + (training ? " train" : " eval");
+  const DType dt = dtype_of<T>();
+  const BatchNormShape s{N, C, L, false};
+  const size_t n = N * C * L;
+  Data<T> x(n), g(n);
+  for (size_t i = 0; i < n; ++i) x.set(i, 2.0 * x.d[i] + 0.5);  // off-centre values
+  Data<A> w(C), b(C), rm(C), rv(C);
+  for (int64_t c = 0; c < C; ++c) rv.set(c, std::fabs(rv.d[c]) + 0.5);
+  const double momentum = 0.1, eps = 1e-5;
+  std::vector<double> want(n), want_mean(C), want_invstd(C), want_rm(C), want_rv(C);
+  batch_norm_forward_cpu<double>(x.d.data(), w.d.data(), b.d.data(), rm.d.data(), rv.d.data(),
+                                 want.data(), want_mean.data(), want_invstd.data(),
+                                 training ? want_rm.data() : nullptr,
+                                 training ? want_rv.data() : nullptr, s, training, momentum, eps);
+  std::vector<T> out(n);
+  std::vector<A> mean(C), invstd(C), new_rm(C), new_rv(C);
+  expect_ok(batch_norm_forward_cuda(dt, x.t.data(), w.t.data(), b.t.data(), rm.t.data(),
+                                    rv.t.data(), out.data(), mean.data(), invstd.data(),
+                                    training ? new_rm.data() : nullptr,
+                                    training ? new_rv.data() : nullptr, s, training, momentum,
+                                    eps, nullptr), tag);
+  check(tag + " forward", out, want, tolerance<T>());
+  check(tag + " save_mean", mean, want_mean, tolerance<A>());
+  check(tag + " save_invstd", invstd, want_invstd, tolerance<A>());
+  if (training) {
+    check(tag + " new_running_mean", new_rm, want_rm, tolerance<A>());
+    check(tag + " new_running_var", new_rv, want_rv, tolerance<A>());
+  }
+  std::vector<double> want_gi(n), want_gw(C), want_gb(C);
+  batch_norm_backward_cpu<double>(g.d.data(), x.d.data(), w.d.data(), want_mean.data(),
+                                  want_invstd.data(), want_gi.data(), want_gw.data(),
+                                  want_gb.data(), s, training);
+  std::vector<T> gi(n);
+  std::vector<A> gw(C), gb(C), scratch(2 * C);
+  expect_ok(batch_norm_backward_cuda(dt, g.t.data(), x.t.data(), w.t.data(), mean.data(),
+                                     invstd.data(), gi.data(), gw.data(), gb.data(),
+                                     scratch.data(), s, training, nullptr), tag);
+  check(tag + " grad_input", gi, want_gi, tolerance<T>());
+  check(tag + " grad_weight", gw, want_gw, tolerance<T>());
+  check(tag + " grad_bias", gb, want_gb, tolerance<T>());
+}
+
 template <typename T>
 void test_all() {
+  for (bool training : {true, false}) {
+    test_batch_norm<T>("batch_norm NCL", 3, 4, 37, training);
+    test_batch_norm<T>("batch_norm NC", 300, 3, 1, training);  // more values than threads
+  }
 #define CNNOPS_EMU_CONV(name, bias, relu, ...) test_conv<T>(name, conv(__VA_ARGS__), bias, relu);
   CNNOPS_EMU_CONV_CASES(CNNOPS_EMU_CONV)
 #undef CNNOPS_EMU_CONV
