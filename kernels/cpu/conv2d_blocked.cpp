@@ -10,16 +10,19 @@
 //
 // So that the P pixels of a tile sit at one fixed distance from each other in memory for every
 // tap, the input is repacked once per call into a zero-padded, stride-phase-split copy: for
-// strides (sh, sw), channel ic becomes sh * sw planes X_ab[i][j] = Xpad[i sh + a][j sw + b] of
-// Hq x Wq. Output pixel (oh, ow) reads tap (kh, kw) from plane (kh dh mod sh, kw dw mod sw) at
-// (oh + kh dh / sh, ow + kw dw / sw): a stride-1 convolution on the phase planes, so with the
-// flat pixel index q = oh Wq + ow every tap is "x[q + offset[k]]". Tiles are P consecutive q;
-// the columns ow in [OW, Wq) are computed and dropped (Wq - OW = (dilated kernel - 1) / sw
-// columns per row). A 1x1 stride-1 unpadded convolution is a plain matrix product and reads
-// the NCHW input as it is (no repack).
+// strides (sh, sw), channel ic becomes up to sh * sw planes (those some tap reads)
+// X_ab[i][j] = Xpad[i sh + a][j sw + b] of Hq x Wq. Output pixel (oh, ow) reads tap (kh, kw)
+// from plane (kh dh mod sh, kw dw mod sw) at (oh + kh dh / sh, ow + kw dw / sw): a stride-1
+// convolution on the phase planes, so with the flat pixel index q = oh Wq + ow every tap is
+// "x[q + offset[k]]". Tiles are P consecutive q; the columns ow in [OW, Wq) are computed and
+// dropped (Wq - OW = (dilated kernel - 1) / sw columns per row) when a tile spans rows; tiles
+// placed along rows compute none of them. A 1x1 stride-1 unpadded convolution is a plain
+// matrix product and reads the NCHW input as it is (no repack) unless its planes alias in L1.
+// With C_in >= 16 the copy is channel-blocked by 16 (see `blocked_in`).
 //
 // The weights are repacked per call into [C_out / VW][C_in * KH * KW][VW] (their size is
-// C_in KH KW C_out, a 1 / (N OH OW) fraction of the FMAs; measured in NOTES-cpu-native.md).
+// C_in KH KW C_out, a 1 / (N OH OW) fraction of the FMAs; no cache: an optimizer updates
+// weights in place, at the same address, so a cache would need a checksum pass anyway).
 // Accumulators are stored to a stack tile and the out-of-line epilogue writes them, with bias
 // and ReLU, to NCHW output (keeps the register allocation of the hot loop free of the
 // epilogue's needs).
@@ -233,7 +236,7 @@ void run_baseline(const BlockedConv& c, int64_t n, const TileItem& t) {
 // enough). Only the calling thread resizes them; the OpenMP team reads and fills them.
 struct Workspace {
   std::vector<float> x, w;
-  std::vector<int64_t> off, korder;
+  std::vector<int64_t> off, korder, phase_id;
   std::vector<TileItem> items;
   std::vector<int64_t> q0[5];  // tile starts, per J
 };
@@ -274,7 +277,17 @@ void conv2d_forward_blocked_f32(const float* input, const float* weight, const f
   // reads from consecutive channels fall into different L1 sets (a plane of 24 x 24 floats,
   // 36 lines, would put all channels into 16 of the 64 sets and thrash them).
   const int64_t phase_plane = Hq * Wq;
-  const int64_t chan = (ceil_div(sh * sw * phase_plane, 16) | 1) * 16;
+  // Only the phases some tap reads are copied, packed (a 1x1 stride-2 layer reads one of
+  // four): phase_id[a * sw + b] is the phase's place in the copy, -1 when unused.
+  std::vector<int64_t>& phase_id = ws.phase_id;
+  phase_id.assign(sh * sw, -1);
+  for (int64_t kh = 0; kh < s.KH; ++kh)
+    for (int64_t kw = 0; kw < s.KW; ++kw)
+      phase_id[((kh * s.dil_h) % sh) * sw + (kw * s.dil_w) % sw] = 0;
+  int64_t phases = 0;
+  for (auto& id : phase_id)
+    if (id == 0) id = phases++;
+  const int64_t chan = (ceil_div(phases * phase_plane, 16) | 1) * 16;
   // With C_in >= 16 the copy is channel-blocked, [C_in / 16][sh sw Hq Wq][16]: the reduction
   // runs over the 16 channels of a block innermost, reading consecutive floats, and a tile's
   // P pixels are P lines (planar copies put every channel on its own lines: a 1x1 layer with
@@ -287,7 +300,7 @@ void conv2d_forward_blocked_f32(const float* input, const float* weight, const f
   // `chan`) or are smaller than a tile
   const bool direct = one_by_one && s.OH * s.OW >= Pmax && (s.H * s.W) % 32 != 0;
   const bool blocked_in = s.C_in >= 16 && !direct;
-  const int64_t cblocks = ceil_div(s.C_in, 16), chan_b = sh * sw * phase_plane * 16;
+  const int64_t cblocks = ceil_div(s.C_in, 16), chan_b = phases * phase_plane * 16;
   const int64_t taps = s.KH * s.KW, K = s.C_in * taps;
   const int64_t total = s.OH * Wq;
   const int64_t work = s.N * s.C_out * s.OH * s.OW * K;
@@ -311,7 +324,8 @@ void conv2d_forward_blocked_f32(const float* input, const float* weight, const f
       for (int64_t a = 0; a < sh; ++a)
         for (int64_t b = 0; b < sw; ++b)
           for (int64_t i = 0; i < Hq; ++i) {
-            float* row = dst + ((a * sw + b) * phase_plane + i * Wq) * 16;
+            if (phase_id[a * sw + b] < 0) continue;
+            float* row = dst + (phase_id[a * sw + b] * phase_plane + i * Wq) * 16;
             const int64_t r = i * sh + a - s.pad_h;
             int64_t lo = 0, hi = 0;
             if (r >= 0 && r < s.H) valid_outputs(s.W, Wq, sw, s.pad_w, b, &lo, &hi);
@@ -345,11 +359,12 @@ void conv2d_forward_blocked_f32(const float* input, const float* weight, const f
     for (int64_t nc = 0; nc < s.N * s.C_in; ++nc) {
       const float* src = input + nc * s.H * s.W;
       float* dst = xr + nc * chan;
-      std::fill(dst + sh * sw * phase_plane, dst + chan, 0.0f);  // the alignment gap
+      std::fill(dst + phases * phase_plane, dst + chan, 0.0f);  // the alignment gap
       for (int64_t a = 0; a < sh; ++a)
         for (int64_t b = 0; b < sw; ++b)
           for (int64_t i = 0; i < Hq; ++i) {
-            float* row = dst + (a * sw + b) * phase_plane + i * Wq;
+            if (phase_id[a * sw + b] < 0) continue;
+            float* row = dst + phase_id[a * sw + b] * phase_plane + i * Wq;
             const int64_t r = i * sh + a - s.pad_h;
             if (r < 0 || r >= s.H) {
               std::fill(row, row + Wq, 0.0f);
@@ -381,7 +396,8 @@ void conv2d_forward_blocked_f32(const float* input, const float* weight, const f
       for (int64_t kh = 0; kh < s.KH; ++kh)
         for (int64_t kw = 0; kw < s.KW; ++kw) {
           const int64_t rh = kh * s.dil_h, rw = kw * s.dil_w;
-          const int64_t at = ((rh % sh) * sw + rw % sw) * phase_plane + (rh / sh) * Wq + rw / sw;
+          const int64_t at =
+              phase_id[(rh % sh) * sw + rw % sw] * phase_plane + (rh / sh) * Wq + rw / sw;
           if (!blocked_in) {
             ws.off[k] = direct ? icb * s.H * s.W : icb * chan + at;
             ws.korder[k++] = (icb * s.KH + kh) * s.KW + kw;
