@@ -144,17 +144,36 @@ def loop_stats(compiled) -> dict:
     return stats
 
 
-def _fmt(name, cfg, st, seconds):
+# Dense tensor-core multiply-adds per clock per SM on H100/H200 SXM (989 TFLOPS bf16, 495 TF32,
+# 67 fp64 at 1.83 GHz on 132 SMs)
+MACS_PER_CLOCK = {2: 2048, 4: 1024, 8: 139}
+
+
+def issue_ratio(st, block_m, block_n, block_k, warps, elem) -> float | None:
+    """Issue slots the loop takes on one SM sub-partition per step, over the clocks the tensor
+    cores need for the step's block_m x block_n x block_k multiply-adds: above 1 the loop is
+    issue-bound (tensor cores idle), below 1 it is not (one block per SM assumed; more
+    blocks per SM scale both sides alike)."""
+    if not st["mma"]:
+        return None
+    slots = st["loop"] * warps / 4  # every warp issues the whole loop; 4 sub-partitions
+    return slots / (block_m * block_n * block_k / MACS_PER_CLOCK[elem])
+
+
+def _fmt(name, cfg, st, seconds, ratio=None):
     per = "-" if st["per_mma"] is None else f"{st['per_mma']:.1f}"
     share = "-" if st["int_share"] is None else f"{100 * st['int_share']:.0f}%"
+    ratio = "-" if ratio is None else f"{ratio:.2f}"
     return (f"| {name} | {cfg} | {st['regs']} | {st['spills']} | {st['smem'] // 1024} KB | "
             f"{st.get('mma_op', '-')} | {st['loop']} | {st['mma']} | {per} | {share} | "
-            f"{'yes' if st['div'] else 'no'} | {st['ldgsts']}/{st['ldg']} | {seconds:.1f} s |")
+            f"{ratio} | {'yes' if st['div'] else 'no'} | {st['ldgsts']}/{st['ldg']} | "
+            f"{seconds:.1f} s |")
 
 
 HEADER = ("| kernel | config (M x N x K, warps, stages) | regs | spills | smem | MMA | loop instrs "
-          "| MMAs | non-MMA / MMA | integer share | int division | LDGSTS/LDG | compile |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| MMAs | non-MMA / MMA | integer share | issue / tensor clocks | int division "
+          "| LDGSTS/LDG | compile |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def cases():
@@ -177,27 +196,27 @@ def cases():
                "sy_q"]
     return [
         ("fwd bf16 CL 3x3/1 64ch", fwd, ptr,
-         dict(HAS_BIAS=False, RELU=False, ROW_RUN=False, EVEN_K=True, SPLIT=1, sy_c=1,
+         dict(HAS_BIAS=False, RELU=False, ROW_RUN=0, EVEN_K=True, SPLIT=1, sy_c=1,
               **unit, **f32), d16_fwd, fwd_cfg),
         ("fwd bf16 CL 3x3/1 512ch split-K", fwd, ptr,
-         dict(HAS_BIAS=False, RELU=False, ROW_RUN=False, EVEN_K=True, sy_c=1, **unit, **f32),
+         dict(HAS_BIAS=False, RELU=False, ROW_RUN=0, EVEN_K=True, sy_c=1, **unit, **f32),
          d16_fwd, fwd_cfg),
         ("fwd bf16 stem 7x7/2 C_in 3->4 row run", fwd, ptr,
-         dict(HAS_BIAS=False, RELU=False, ROW_RUN=True, EVEN_K=False, SPLIT=1, S_LOOP=1,
+         dict(HAS_BIAS=False, RELU=False, ROW_RUN=4, EVEN_K=False, SPLIT=1, S_LOOP=1,
               sy_c=1, stride_h=2, stride_w=2, pad_h=3, pad_w=3, dil_h=1, dil_w=1, **f32),
          ["NPQ", "C_OUT_G", "sx_n", "sx_h", "sy_n", "sy_p", "sy_q"], fwd_cfg),
         ("dgrad bf16 CL 3x3/2 phase (fwd kernel)", fwd, ptr,
-         dict(HAS_BIAS=False, RELU=False, ROW_RUN=False, EVEN_K=True, SPLIT=1, sy_c=1,
+         dict(HAS_BIAS=False, RELU=False, ROW_RUN=0, EVEN_K=True, SPLIT=1, sy_c=1,
               stride_h=1, stride_w=1, pad_h=1, pad_w=1, dil_h=1, dil_w=1, **f32),
          d16_fwd, fwd_cfg),
         ("wgrad bf16 CL 3x3/1 64ch", wgrad,
          dict(dy_ptr="bf16", x_ptr="bf16", dw_ptr="fp32"), dict(EVEN_MN=True, **unit, **f32, _Q=56),
          ["C_OUT_G", "C_IN_G", "NPQ", "N", "sx_n", "sx_h", "sx_w"], wgrad_cfg),
         ("fwd fp32 TF32 CL 3x3/1 64ch", fwd, {k: "fp32" for k in ptr},
-         dict(HAS_BIAS=False, RELU=False, ROW_RUN=False, EVEN_K=True, SPLIT=1, sy_c=1,
+         dict(HAS_BIAS=False, RELU=False, ROW_RUN=0, EVEN_K=True, SPLIT=1, sy_c=1,
               ACC_TYPE=tl.float32, PRECISION="tf32", **unit), d16_fwd, fwd_cfg),
         ("fwd fp64 CL 3x3/1 64ch", fwd, {k: "fp64" for k in ptr},
-         dict(HAS_BIAS=False, RELU=False, ROW_RUN=False, EVEN_K=True, SPLIT=1, sy_c=1,
+         dict(HAS_BIAS=False, RELU=False, ROW_RUN=0, EVEN_K=True, SPLIT=1, sy_c=1,
               ACC_TYPE=tl.float64, PRECISION="ieee", **unit), d16_fwd,
          [c for c in fwd_cfg if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]),
     ]
@@ -234,7 +253,10 @@ def main():
                 continue
             label = "x".join(str(cfg.kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")) \
                 + f", {cfg.num_warps}w, {cfg.num_stages}s"
-            print(_fmt(name, label, loop_stats(c), time.perf_counter() - t0), flush=True)
+            st = loop_stats(c)
+            ratio = issue_ratio(st, cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"],
+                                cfg.kwargs["BLOCK_K"], cfg.num_warps, elem)
+            print(_fmt(name, label, st, time.perf_counter() - t0, ratio), flush=True)
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ def conv2d_fwd_kernel(
     sy_n, sy_c, sy_p, sy_q,  # output strides (elements)
     HAS_BIAS: tl.constexpr,  # add b[k] in the epilogue
     RELU: tl.constexpr,  # max(., 0) after the bias (NaN kept, as F.relu)
-    ROW_RUN: tl.constexpr,  # thin input: reduce over the S * C_in consecutive elements of a filter row
+    ROW_RUN: tl.constexpr,  # thin input: 0, or C_in when reducing over the S * C_in consecutive elements of a filter row
     ACC_TYPE: tl.constexpr,  # tl.float32, or tl.float64 for float64 tensors
     PRECISION: tl.constexpr,  # tl.dot input_precision: "tf32" or "ieee"
     EVEN_K: tl.constexpr,  # C_RUN % BLOCK_K == 0: no channel mask, no offset jump between taps
@@ -160,7 +160,10 @@ def conv2d_fwd_kernel(
     q = rows % Q
     h0 = p * stride_h - pad_h
     w0 = q * stride_w - pad_w
-    x_row = x_ptr + n * sx_n + h0 * sx_h + w0 * sx_w + group * C_IN_G  # tap (0, 0), channel 0
+    x_off = n * sx_n + h0 * sx_h + w0 * sx_w + group * C_IN_G  # tap (0, 0), channel 0
+    if ROW_RUN:  # whole pixels of ROW_RUN channels: vector loads of one pixel each
+        x_off = tl.multiple_of(x_off, ROW_RUN)
+    x_row = x_ptr + x_off
     h0 = tl.where(row_ok, h0, H)  # rows past the end: no tap is inside the image
     h_lim = H.to(tl.uint32)
     w_lim = W.to(tl.uint32)
@@ -169,9 +172,9 @@ def conv2d_fwd_kernel(
     # columns past the end read the last column again (never stored): no mask on the weight
     w_col = w_ptr + (group * C_OUT_G + tl.minimum(cols, C_OUT_G - 1)) * (R * S_LOOP * C_RUN)
     kk = tl.arange(0, BLOCK_K)
-    if ROW_RUN:  # the run of a filter row starts at (h, w0): elements w0*C .. W*C-1 are inside
-        run_lo = -w0 * C_IN_G
-        run_hi = (W - w0) * C_IN_G
+    if ROW_RUN:  # the run of a filter row starts at (h, w0): its pixels -w0 .. W-1-w0 are inside
+        run_lo = -w0
+        run_hi = W - w0
 
     # this program's share of the flattened reduction (taps x channel blocks); the scalar
     # divisions below run once, before the loop
@@ -199,13 +202,16 @@ def conv2d_fwd_kernel(
         c = c0 + kk
         a_ok = ok[:, None]
         if ROW_RUN:
-            a_ok = a_ok & (c[None, :] >= run_lo[:, None]) & (c[None, :] < run_hi[:, None])
+            # masks in whole pixels (constant over each pixel's ROW_RUN channels): vector loads
+            pix = (c // ROW_RUN)[None, :]
+            a_ok = a_ok & (pix >= run_lo[:, None]) & (pix < run_hi[:, None]) \
+                & (pix < C_RUN // ROW_RUN)
+        elif not EVEN_K:
+            a_ok = a_ok & (c < C_RUN)[None, :]
+        a = tl.load(x_row[:, None] + (x_tap + c)[None, :], mask=a_ok, other=0.0)
         if EVEN_K:
-            a = tl.load(x_row[:, None] + (x_tap + c)[None, :], mask=a_ok, other=0.0)
             b = tl.load(w_col[None, :] + (tap_w + c)[:, None])
         else:
-            a = tl.load(x_row[:, None] + (x_tap + c)[None, :],
-                        mask=a_ok & (c < C_RUN)[None, :], other=0.0)
             b = tl.load(w_col[None, :] + (tap_w + c)[:, None], mask=(c < C_RUN)[:, None],
                         other=0.0)
         acc = _mma(a, b, acc, ACC_TYPE, PRECISION)
@@ -481,7 +487,7 @@ def _forward(x_cl: torch.Tensor, w_cl: torch.Tensor, bias, y: torch.Tensor, p_ou
            npq, c_out_g, c_in_g, h_in, w_in, p_out, q_out, r, c_run, s_loop, split,
            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
            x_cl.stride(0), x_cl.stride(2), x_cl.stride(3), *y.stride(),
-           HAS_BIAS=bias is not None, RELU=relu, ROW_RUN=row_run,
+           HAS_BIAS=bias is not None, RELU=relu, ROW_RUN=c_in_g if row_run else 0,
            ACC_TYPE=accumulator_type(x_cl.dtype), PRECISION=dot_precision(x_cl.dtype))
     if split > 1:
         _split_sum(target, bias, y, npq, c_out, p_out, q_out, y.stride(), relu)
