@@ -73,7 +73,7 @@ def test_backward_through_autograd_is_deterministic():
     import cnnops
 
     def run():
-        x = randn((2, 3, 9, 8), 0).requires_grad_()
+        x = randn((2, 3, 6, 5), 0).requires_grad_()
         w = randn(3, 2).requires_grad_()
         y = cnnops.batch_norm(x, None, None, w, None, True, backend="triton")
         y = cnnops.max_pool2d(y, 3, 1, 1, backend="triton")
