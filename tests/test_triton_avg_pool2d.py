@@ -89,10 +89,13 @@ def test_avg_pool2d_unbatched_single_channel_and_nan():
     check_avg(make_input((1, 1, 5, 4), torch.float32), 2, 1, 0, False, True, None)
 
 
-def test_avg_pool2d_empty_batch():
-    """N = 0 (torch accepts it; an empty grid is not launched)."""
+def test_avg_pool2d_empty_batch(monkeypatch):
+    """N = 0 as torch; no kernel is launched (an empty grid is an invalid launch on the GPU)."""
+    launches = []
+    monkeypatch.setattr(tavg, "launch", lambda kernel, *a, **k: launches.append(kernel))
     shape = (0, 3, 6, 5)
     check_avg(make_input(shape, torch.float64), 3, 2, 1, False, True, None)
+    assert launches == []
 
 
 def test_avg_pool2d_divides_exactly():

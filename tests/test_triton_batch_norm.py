@@ -32,6 +32,20 @@ def randn(shape, seed, dtype=torch.float64):
     return t.to(DEVICE, dtype)
 
 
+def record_launches(monkeypatch, module):
+    """Names of the kernels `module` launches from now on; fails on an empty grid."""
+    names, real = [], module.launch
+
+    def spy(kernel, grid, *args, **meta):
+        sizes = grid(dict(meta, BLOCK_R=16, BLOCK_C=4, BLOCK=128)) if callable(grid) else grid
+        assert all(size > 0 for size in sizes), f"empty grid {sizes}"
+        names.append(getattr(kernel, "fn", kernel).__name__)
+        return real(kernel, grid, *args, **meta)
+
+    monkeypatch.setattr(module, "launch", spy)
+    return names
+
+
 def check(x, training, affine=True, running=True, momentum=0.1, eps=1e-5):
     dtype, c = x.dtype, x.shape[1]
     weight = randn(c, 1, dtype) if affine else None
@@ -84,9 +98,11 @@ def test_batch_norm_eval_without_affine():
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("shape", [(0, 3), (0, 3, 4), (0, 2, 3, 3)])
-def test_batch_norm_empty_batch(shape, training):
+def test_batch_norm_empty_batch(shape, training, monkeypatch):
     """N = 0 as torch: an empty output, running statistics unchanged, an empty grad input and
-    zero grad weight / bias (no kernel launched on an empty grid)."""
+    zero grad weight / bias. No kernel is launched on an empty grid (an invalid launch on the
+    GPU): training launches nothing, eval only the per-channel finalize."""
+    launches = record_launches(monkeypatch, tbn)
     x = randn(shape, 0).requires_grad_()
     w, b = randn(shape[1], 1).requires_grad_(), randn(shape[1], 2).requires_grad_()
     rm, rv = randn(shape[1], 3), randn(shape[1], 4).abs() + 0.5
@@ -98,6 +114,7 @@ def test_batch_norm_empty_batch(shape, training):
     assert x.grad.shape == x.shape
     assert torch.equal(w.grad.cpu(), torch.zeros(shape[1], dtype=w.dtype))
     assert torch.equal(b.grad.cpu(), torch.zeros(shape[1], dtype=b.dtype))
+    assert launches == ([] if training else ["batch_norm_finalize_kernel"])
 
 
 def test_batch_norm_op_is_functional():

@@ -90,10 +90,13 @@ def test_max_pool2d_unbatched_and_single_channel():
     check_max(make_input((1, 1, 5, 4), torch.float32), 2, 1, 0, 1, False)
 
 
-def test_max_pool2d_empty_batch():
-    """N = 0 (torch accepts it; an empty grid is not launched)."""
+def test_max_pool2d_empty_batch(monkeypatch):
+    """N = 0 as torch; no kernel is launched (an empty grid is an invalid launch on the GPU)."""
+    launches = []
+    monkeypatch.setattr(tmax, "launch", lambda kernel, *a, **k: launches.append(kernel))
     shape = (0, 3, 6, 5)
     check_max(make_input(shape, torch.float64), 3, 2, 1, 1, False)
+    assert launches == []
 
 
 def test_max_pool2d_nan_and_inf_windows():
