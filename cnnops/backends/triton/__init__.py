@@ -1,9 +1,9 @@
 """The `triton` backend: Triton kernels for conv2d, max/avg pooling and batch norm.
 
 Importing this package never imports Triton and never fails: it registers `TritonBackend`,
-whose `unavailable_reason` says what is missing. The kernels (`conv2d.py`, `max_pool2d.py`,
-`avg_pool2d.py`, `batch_norm.py`) and their custom ops (namespace `cnnops_triton`) are imported on the first
-call. That first import fixes whether the kernels are compiled for the GPU or run by
+whose `unavailable_reason` says what is missing. The kernels, one module per op (`conv2d.py`,
+`max_pool2d.py`, `avg_pool2d.py`, `batch_norm.py`), and their custom ops (namespace
+`cnnops_triton`) are imported on the first call. That first import fixes whether the kernels are compiled for the GPU or run by
 Triton's interpreter: set TRITON_INTERPRET=1 before the first triton call to run on CPU
 tensors (tiny shapes only). See README.md in this folder.
 """
