@@ -347,8 +347,11 @@ def compile_units(launches, pruned=False, every_specialisation=True):
     (kernel, dtype mode, layout, config, constexpr values), the one that specialises least
     (the most general code, as a large layer gets it)."""
     units, generality = {}, {}
+    kept_labels = collections.defaultdict(set)  # configs the kernel's own pruning keeps
     for la in launches:
         fn = jit_function(la.kernel)
+        kept_labels[(fn.__name__, la.context["mode"], la.context["layout"])].update(
+            label for label, _ in configs_of(la.kernel, la.args, la.meta, pruned=True))
         for label, kwargs in configs_of(la.kernel, la.args, la.meta, pruned):
             kwargs = {k: v for k, v in kwargs.items() if v is not None or k != "maxnreg"}
             key, options, signature, constexprs, attrs = bind(fn, la.args, kwargs)
@@ -368,6 +371,10 @@ def compile_units(launches, pruned=False, every_specialisation=True):
                 generality[key] = special
             if key not in units or not every_specialisation:
                 units[key] = unit
+    for u in units.values():
+        # a config the kernel's early_config_prune drops for every recorded launch (e.g. over
+        # the shared memory of float32 tiles) never runs: compiled and reported, not failed
+        u["pruned_out"] = u["config"] not in kept_labels[(u["kernel"], u["mode"], u["layout"])]
     return units
 
 
@@ -432,8 +439,8 @@ def compile_unit(unit, sass_dir=None):
     """Compiles one unit for sm_90; a result row (error text instead of figures on failure)."""
     import triton
     from triton.compiler import ASTSource
-    row = {k: unit[k] for k in ("kernel", "config", "mode", "layout", "layer", "has_dot",
-                                "cache_key")}
+    row = {k: unit.get(k) for k in ("kernel", "config", "mode", "layout", "layer", "has_dot",
+                                    "cache_key", "pruned_out")}
     row["num_warps"], row["num_stages"] = unit["options"].get("num_warps"), unit["options"].get("num_stages")
     began = time.perf_counter()
     try:
@@ -479,6 +486,8 @@ def problems(row) -> list[str]:
     out = []
     if "error" in row:
         return [f"compile error: {row['error'].splitlines()[-1] if row['error'] else ''}"]
+    if row.get("pruned_out"):
+        return []  # never launched: the kernel's pruning removes it for every recorded shape
     if (row.get("shared") or 0) > SHARED_LIMIT:
         out.append(f"shared memory {row['shared']} B > {SHARED_LIMIT} B per block")
     if row["mode"] in FAST_MODES and (row.get("local") or 0) > 0:
@@ -913,6 +922,10 @@ def main(argv=None) -> int:
         print(f"aot_sm90: FAIL {kernel} {mode}: {why}: {len(rs)} compiles, e.g. {cfgs[:3]}")
         if why.startswith("compile"):
             print("    " + rs[0]["error"][-800:].replace("\n", "\n    "))
+    for r in rows:
+        if r.get("pruned_out") and "error" not in r and (r.get("shared") or 0) > SHARED_LIMIT:
+            print(f"aot_sm90: note: {r['kernel']} {r['mode']} {r['config']}: shared memory "
+                  f"{r['shared']} B over the limit, pruned at run time (never launched)")
     slow_spills = sorted({(r["kernel"], r["mode"]) for r in rows
                           if "error" not in r and r["mode"] not in FAST_MODES and (r.get("local") or 0)})
     for kernel, mode in slow_spills:
