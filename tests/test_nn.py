@@ -148,3 +148,30 @@ def test_model_compiles_fullgraph_through_the_dispatcher(backend):
         got.sum().backward()
     torch.testing.assert_close(got, want)
     assert model[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cls_pair,shape", [((nn.BatchNorm2d, cnn.BatchNorm2d), (0, 3, 4, 4)),
+                                            ((nn.BatchNorm1d, cnn.BatchNorm1d), (0, 3)),
+                                            ((nn.BatchNorm1d, cnn.BatchNorm1d), (0, 3, 5))])
+def test_batch_norm_empty_batch_in_training_is_torchs(backend, cls_pair, shape):
+    """The last, empty batch of a data loader: torch returns an empty output, leaves the
+    running stats alone (num_batches_tracked still counts it) and gives zero gradients."""
+    torch.manual_seed(0)
+    ref = cls_pair[0](3).double()
+    with torch.no_grad():
+        ref.running_mean.uniform_(-1, 1)
+        ref.running_var.uniform_(0.5, 2)
+    ours = cls_pair[1](3, backend=backend).double()
+    ours.load_state_dict(ref.state_dict())
+    x_ref = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    x_ours = x_ref.detach().clone().requires_grad_()
+    want, got = ref(x_ref), ours(x_ours)
+    assert got.shape == want.shape == shape and got.dtype == want.dtype
+    for key, value in ref.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
+    want.sum().backward()
+    got.sum().backward()
+    assert x_ours.grad is not None and x_ours.grad.shape == shape
+    for p_ours, p_ref in zip(ours.parameters(), ref.parameters()):
+        assert torch.equal(p_ours.grad, p_ref.grad) and not p_ours.grad.any()

@@ -82,7 +82,23 @@ BAD_BN = [
     (dict(running_mean=None, running_var=None, training=False), ValueError, "training=False"),
     (dict(running_var=None), ValueError, "together"),
     (dict(input=torch.randn(1, 3), training=True), ValueError, "more than 1 value"),
-    (dict(eps=-1.0), ValueError, "eps"),
+    (dict(eps=-1.0), ValueError, "eps must be non-negative"),
+    # torch: eps must be positive in training (eps = 0 divides a constant channel by zero)
+    (dict(eps=0.0, training=True), ValueError, "eps must be positive during training"),
+    (dict(eps=-1e-5, training=True), ValueError, "eps must be positive during training"),
+    (dict(eps="1e-5"), TypeError, "eps"),
+    # torch's dtype rule: per-channel tensors share one dtype, the input's (float32 allowed
+    # only for float16 / bfloat16 input)
+    (dict(weight=torch.ones(3, dtype=torch.float64)), TypeError, "weight.*float64.*float32"),
+    (dict(running_mean=torch.zeros(3, dtype=torch.float64),
+          running_var=torch.ones(3, dtype=torch.float64)), TypeError, "running_mean.*float64"),
+    (dict(weight=torch.ones(3), bias=torch.zeros(3, dtype=torch.float64)), TypeError,
+     "bias has dtype torch.float64 but running_mean"),
+    (dict(input=torch.randn(4, 3, dtype=torch.float64)), TypeError, "input has dtype torch.float64"),
+    (dict(input=torch.randn(4, 3).bfloat16(), running_mean=torch.zeros(3, dtype=torch.float64),
+          running_var=torch.ones(3, dtype=torch.float64)), TypeError, "float64"),
+    (dict(input=torch.randn(4, 3).bfloat16(), running_var=torch.ones(3).bfloat16()), TypeError,
+     "running_var has dtype torch.bfloat16 but running_mean has dtype torch.float32"),
     (dict(running_mean=torch.zeros(3, device="meta")), RuntimeError, "running_mean"),
 ]
 
@@ -143,3 +159,48 @@ def test_max_pool_window_that_covers_only_padding_is_refused():
         cnnops.max_pool2d(torch.randn(2, 1, 7, 1), (2, 2), padding=(1, 1), dilation=(1, 2))
     with pytest.raises(ValueError, match="covers no input element"):
         cnnops.pool2d_output_shape((7, 1), (2, 2), padding=(1, 1), dilation=(1, 2))
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_batch_norm_eps_zero_is_fine_in_eval(backend):
+    args = (torch.randn(4, 3), torch.zeros(3), torch.ones(3))
+    torch.testing.assert_close(cnnops.batch_norm(*args, eps=0.0, backend=backend),
+                               torch.nn.functional.batch_norm(*args, eps=0.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_batch_norm_low_precision_input_takes_float32_params_as_torch(dtype):
+    x = torch.randn(4, 3, 5).to(dtype)
+    w, b = torch.rand(3) + 0.5, torch.randn(3)
+    for training in (True, False):
+        for backend in [n for n in ALL if cnnops.get_backend(n).supports_dtype(x.device, dtype)]:
+            stats, want_stats = [torch.zeros(3), torch.ones(3)], [torch.zeros(3), torch.ones(3)]
+            got = cnnops.batch_norm(x, *stats, w, b, training, backend=backend)
+            want = torch.nn.functional.batch_norm(x, *want_stats, w, b, training)
+            assert got.dtype == dtype, backend
+            torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
+            torch.testing.assert_close(stats, want_stats)
+
+
+def test_batch_norm_layer_rank_is_checked_in_the_validation_layer():
+    with pytest.raises(ValueError, match=r"BatchNorm2d expects 4-D input, got 3-D"):
+        cnnops.nn.BatchNorm2d(3)(torch.randn(3, 4, 4))
+    with pytest.raises(ValueError, match=r"BatchNorm1d expects 2-D or 3-D input, got 4-D"):
+        cnnops.nn.BatchNorm1d(3)(torch.randn(2, 3, 4, 4))
+
+
+OWN_FILES = ["cnnops/functional.py", "cnnops/nn.py", "cnnops/convert.py", "cnnops/reference.py",
+             "cnnops/backends/reference.py", "cnnops/backends/torch.py"]
+
+
+@pytest.mark.parametrize("path", OWN_FILES)
+def test_user_facing_errors_are_raised_only_in_the_validation_layer(path):
+    """The one validation layer: the public ops, layers and the reference / torch backends
+    raise no ValueError / TypeError of their own (user input is checked in _validate.py)."""
+    import ast
+    import pathlib
+    tree = ast.parse((pathlib.Path(__file__).parent.parent / path).read_text())
+    raised = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Raise)
+              and node.exc is not None and "Error" in ast.unparse(node.exc)
+              and any(e in ast.unparse(node.exc) for e in ("ValueError", "TypeError"))]
+    assert raised == [], f"{path} raises ValueError / TypeError at lines {raised}"
