@@ -216,3 +216,25 @@ def test_opcheck_float32_blocked():
         grad = torch.randn(2, 32, *out_hw)
         torch.library.opcheck(torch.ops.cnnops.conv2d_grad_input.default,
                               (grad, x, w, stride, padding, [1, 1], 1))
+
+
+@pytest.mark.parametrize("isa", _ISAS, indirect=True)
+def test_weights_changed_in_place(isa):
+    # the repacked weights are cached per weight address; an in-place update (an optimizer
+    # step) at the same address must be seen, down to one element
+    x, w, b = _make((2, 16, 7, 6), 32, (3, 3), seed=4)
+    for step in range(3):
+        got = cnnops.conv2d(x, w, b, padding=1, backend="native")
+        assert_close(got.double(), _want(x, w, b, dict(padding=1)), *_tol(x, w), f"step {step}")
+        with torch.no_grad():
+            w.mul_(0.9)
+    with torch.no_grad():
+        w.view(-1)[-1] += 1.0  # the last element only
+    got = cnnops.conv2d(x, w, b, padding=1, backend="native")
+    assert_close(got.double(), _want(x, w, b, dict(padding=1)), *_tol(x, w), "last element")
+    # more layers than cache entries, twice round
+    ws = [torch.randn(16, 16, 1, 1, generator=torch.Generator().manual_seed(i)) for i in range(40)]
+    for _ in range(2):
+        for wi in ws:
+            got = cnnops.conv2d(x, wi, None, backend="native")
+            assert_close(got.double(), _want(x, wi, None, {}), *_tol(x, wi), "many layers")
