@@ -31,9 +31,9 @@ PROOF_BUDGET_S=${PROOF_BUDGET_S:-450}
 # the summary): native CUDA conv2d on the VGG/AlexNet layers (its backward runs one block per
 # weight element: seconds per call on the 100-470 GFLOP layers), float32 IEEE and float64.
 BENCH_RUNS=(
-  "resnet18-lenet-bf16 --models resnet18,lenet --per-op 2 --dtypes bfloat16 --layouts channels_last,nchw --mode fwd,fwdbwd --budget 0.02 --cuda-graph --no-chart"
-  "resnet18-tf32 --models resnet18 --per-op 1 --dtypes float32 --layouts channels_last,nchw --mode fwd,fwdbwd --budget 0.02 --cuda-graph --no-chart"
-  "vgg-alexnet-triton --models vgg11,alexnet --per-op 1 --ops conv2d,max_pool2d --dtypes bfloat16 --layouts channels_last --mode fwd,fwdbwd --backends triton --budget 0.02 --cuda-graph --no-chart"
+  "resnet18-lenet-bf16 --models resnet18,lenet --per-op 2 --dtypes bfloat16 --layouts channels_last --mode fwd,fwdbwd --budget 0.02 --cuda-graph --no-chart"
+  "resnet18-tf32-nchw --models resnet18 --per-op 1 --dtypes float32 --layouts nchw --mode fwd,fwdbwd --budget 0.02 --cuda-graph --no-chart"
+  "vgg-alexnet-triton --models vgg11,alexnet --per-op 1 --ops conv2d --dtypes bfloat16 --layouts channels_last --mode fwd,fwdbwd --backends triton --budget 0.02 --cuda-graph --no-chart"
   "vgg-alexnet-native --models vgg11,alexnet --per-op 3 --max-gflop 12 --dtypes float32 --layouts nchw --mode fwd,fwdbwd --backends native --budget 0.02 --cuda-graph --no-chart"
 )
 SKIPPED_CASES="native CUDA conv2d on VGG/AlexNet layers over 12 GFLOP (one block per weight element in its backward); all but 1-2 layers per op of each model (3 for native) (every new layer shape costs one Triton compile per surviving autotune config: see --plan); float32 with TF32 off and float64 (checking modes: the tests cover them)"
