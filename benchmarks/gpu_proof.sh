@@ -59,6 +59,15 @@ if [ "${1:-}" = "--plan" ]; then
 fi
 
 OUTDIR=${1:?usage: gpu_proof.sh OUTDIR | --plan}
+# A Triton cache compiled ahead of time on a CPU with the GPU image's exact Triton version
+# (docs/GPU.md: "Carrying compiled kernels"; unverified until a GPU run shows cache hits)
+# takes the compiles out of the window. Copied: the carried folder may be read-only.
+if [ -d "${CARRIED_TRITON_CACHE:-$ROOT/.triton-cache-sm90}" ] && [ -z "${TRITON_CACHE_DIR:-}" ]; then
+  export TRITON_CACHE_DIR=/tmp/cnnops-triton-cache
+  mkdir -p "$TRITON_CACHE_DIR"
+  cp -r "${CARRIED_TRITON_CACHE:-$ROOT/.triton-cache-sm90}"/. "$TRITON_CACHE_DIR"/
+  echo "gpu_proof: Triton cache from ${CARRIED_TRITON_CACHE:-.triton-cache-sm90}: $(ls "$TRITON_CACHE_DIR" | wc -l) entries"
+fi
 mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
 SUMMARY=$OUTDIR/summary.md
