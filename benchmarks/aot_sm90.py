@@ -339,6 +339,20 @@ def config_label(c) -> str:
     return f"{kw},w{c.num_warps},s{c.num_stages}"
 
 
+def uses_dot(fn, seen=None) -> bool:
+    """Whether the kernel, or a @triton.jit helper it calls, has a tl.dot (where tensor-core
+    instructions are expected)."""
+    from triton.runtime.jit import JITFunction
+    seen = seen if seen is not None else set()
+    if fn in seen:
+        return False
+    seen.add(fn)
+    if "tl.dot(" in fn.src or "tl.dot_scaled(" in fn.src:
+        return True
+    return any(isinstance(g, JITFunction) and re.search(rf"\b{re.escape(name)}\(", fn.src)
+               and uses_dot(g, seen) for name, g in fn.fn.__globals__.items())
+
+
 def compile_units(launches, pruned=False, every_specialisation=True):
     """Distinct compiles: {key: unit}; a unit keeps the first launch that needs it.
 
@@ -359,7 +373,7 @@ def compile_units(launches, pruned=False, every_specialisation=True):
                         layout=la.context["layout"], layer=la.context["layer"],
                         options=options.__dict__, signature=signature,
                         constexprs=constexprs, attrs=attrs, cache_key=key,
-                        has_dot="tl.dot" in fn.src or "_mma(" in fn.src)
+                        has_dot=uses_dot(fn))
             if not every_specialisation:
                 meta_consts = tuple(sorted((k, str(v)) for k, v in kwargs.items()
                                            if k in fn.arg_names))
