@@ -206,11 +206,15 @@ sanitize() {
   files=$(ls tests/test_native_*.py 2>/dev/null | grep -v emulated)
   # one file at a time, bounded, so a slow file leaves the others' results
   local status=0 f
+  local st
   for f in $files; do
     echo "--- memcheck $f"
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout $((STEP_LIMIT / 4)) compute-sanitizer \
       --tool memcheck --error-exitcode 1 --print-limit 20 "$PYTHON" -m pytest -q -x \
-      -p no:cacheprovider "$f" -k "cuda and not opcheck and not gradcheck" || status=1
+      -p no:cacheprovider "$f" -k "cuda and not opcheck and not gradcheck"
+    st=$?
+    # 5: the file has no CUDA test; 124: its share of the step's time ran out (said, not failed)
+    case $st in 0|5) ;; 124) echo "--- memcheck $f: cut at $((STEP_LIMIT / 4)) s" ;; *) status=1 ;; esac
   done
   return $status
 }
