@@ -561,7 +561,7 @@ def terminal_summary(terminalreporter) -> None:
 
 
 def _print_table(counts, write) -> None:
-    statuses = ("passed", "refused", "skipped", "failed", "xfailed")
+    statuses = ("passed", "refused", "skipped", "failed")
     write("PyTorch OpInfo / ModuleInfo samples on cnnops (run = all but skipped):")
     write(f"{'kind':13} {'op / module':12} {'backend':10} {'run':>5} " +
           " ".join(f"{s:>7}" for s in statuses))
