@@ -152,13 +152,19 @@ def _resolve(name: str, op: str, tensors: dict, output_numel: int) -> tuple[Back
 
 
 def candidates(op: str, tensors: dict, output_numel: int) -> dict[str, Backend | str]:
-    """Every backend but `reference`, mapped to itself if it can run this call, else to why not
-    ("fastest" times the former)."""
-    input = tensors["input"]
-    return {name: (backend if reason is None else reason)
-            for name, backend in _load().items() if name != "reference"
-            for reason in [_usable(backend, op, input.device, input.dtype, tensors,
-                                   output_numel)]}
+    """Every backend but `reference`, mapped to itself if it can run this call at speed, else
+    to why not ("fastest" times the former; emulated kernels, e.g. Triton's interpreter, are
+    never timed)."""
+    device = tensors["input"].device
+    found = {}
+    for name, backend in _load().items():
+        if name == "reference":
+            continue
+        reason = _usable(backend, op, device, tensors["input"].dtype, tensors, output_numel)
+        if reason is None and backend.emulated(device):
+            reason = f"its kernels are only emulated on {device.type}"
+        found[name] = backend if reason is None else reason
+    return found
 
 
 # `cnnops.explain` sets this to a list; every dispatched call then appends what ran and why.

@@ -11,6 +11,9 @@ from cnnops import _dispatch, _fastest
 @pytest.fixture(autouse=True)
 def fresh_cache(monkeypatch):
     monkeypatch.delenv(_fastest.CACHE_ENV, raising=False)
+    # what is tested here is the choosing, not the clock: few, short repeats
+    monkeypatch.setattr(_fastest, "_TIME_BUDGET_S", 0.005)
+    monkeypatch.setattr(_fastest, "_MAX_REPEATS", 3)
     _fastest.clear()
     yield
     _fastest.clear()
@@ -177,3 +180,13 @@ def test_torch_compile_without_graph_breaks_once_cached():
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x), expected)
     assert _fastest.tunings == tuned
+
+
+def test_emulated_kernels_are_never_timed():
+    """Triton's interpreter on the CPU is correct but far too slow to be a candidate."""
+    x, w = conv_args()
+    cnnops.conv2d(x, w, backend="fastest")
+    (row,) = _fastest.choices()
+    assert "triton" not in row["times_ms"] and "triton" in row["unavailable"]
+    if "triton" in cnnops.available_backends("cpu"):
+        assert "emulated" in row["unavailable"]["triton"]

@@ -46,6 +46,11 @@ class Backend:
         backend, e.g. int32 offsets), checked by the dispatcher before the call."""
         return None
 
+    def emulated(self, device: torch.device) -> bool:
+        """True when this backend only emulates its kernels on `device` (e.g. Triton's
+        interpreter on the CPU): correct but far too slow to be timed or chosen for speed."""
+        return False
+
     def supports_dtype(self, device: torch.device, dtype: torch.dtype) -> bool:
         return dtype in self.dtypes.get(device.type, ())
 

@@ -115,6 +115,10 @@ class TritonBackend(Backend):
             return None
         return f"Triton runs on CUDA tensors, not on {device.type}"
 
+    def emulated(self, device) -> bool:
+        """CPU tensors run only in Triton's interpreter: never timed by "fastest"."""
+        return torch.device(device).type == "cpu"
+
     def refuses(self, op, tensors, output_numel):
         """The kernels address memory with int32 offsets: tensors of 2**31 elements or more
         would overflow them (auto then moves on to native or torch)."""
