@@ -21,6 +21,7 @@ from torch.utils.benchmark import Timer
 
 import cnnops  # noqa: F401  (registers torch.ops.cnnops)
 import cnnops.backends.native  # noqa: F401
+from cnnops.shapes import pool2d_output_hw
 
 ops = torch.ops.cnnops
 
@@ -143,25 +144,23 @@ def main():
             env = {"x": x, "F": F, "ops": ops, "k": [k, k], "s": [s, s], "p": [p, p]}
             add("copy input " + name.split()[-1] + " " + "x".join(map(str, shape[1:])),
                 "x.clone()", "x.clone()", env)
+            # the ops take the output size from the caller (cnnops.shapes, the one size rule)
+            ohw = list(pool2d_output_hw(shape[2:], [k, k], [s, s], [p, p], [1, 1], False))
+            env.update(ohw=ohw, torch=torch)
             if kind == "max":
                 add(name + " fwd", "F.max_pool2d(x, k, s, p)",
-                    "ops.max_pool2d(x, k, s, p, [1, 1], False)", env)
-                if hasattr(ops, "max_pool2d_values"):
-                    add(name + " fwd no-idx", "F.max_pool2d(x, k, s, p)",
-                        "ops.max_pool2d_values(x, k, s, p, [1, 1], False)", env)
+                    "ops.max_pool2d(x, k, s, p, [1, 1], ohw)", env)
                 out, idx = F.max_pool2d(x, k, s, p, return_indices=True)
                 env.update(g=torch.randn_like(out), idx=idx)
                 add(name + " bwd", "torch.ops.aten.max_pool2d_with_indices_backward(g, x, k, s, p,"
                     " [1, 1], False, idx)",
-                    "ops.max_pool2d_grad_input(g, x, idx, k, s, p, [1, 1], False)",
-                    dict(env, torch=torch))
+                    "ops.max_pool2d_grad_input(g, x, idx, k, s, p, [1, 1])", env)
             else:
                 add(name + " fwd", "F.avg_pool2d(x, k, s, p)",
-                    "ops.avg_pool2d(x, k, s, p, False, True, None)", env)
+                    "ops.avg_pool2d(x, k, s, p, True, None, ohw)", env)
                 env["g"] = torch.randn_like(F.avg_pool2d(x, k, s, p))
-                add(name + " bwd", "torch.ops.aten.avg_pool2d_grad_input(g, x, k, s, p, False, True,"
-                    " None)", "ops.avg_pool2d_grad_input(g, x, k, s, p, False, True, None)",
-                    dict(env, torch=torch))
+                add(name + " bwd", "torch.ops.aten.avg_pool2d_backward(g, x, k, s, p, False, True,"
+                    " None)", "ops.avg_pool2d_grad_input(g, x, k, s, p, True, None)", env)
     if args.only in (None, "conv", "bwd"):
         for name, shape, cout, k, s, p in CONVS:
             x = torch.randn(shape)
