@@ -305,7 +305,8 @@ def select_scope(units: dict, scope: str) -> dict:
     """`full`: every unit. `ci`: a covering subset that keeps CI to a few minutes (a conv
     config takes 5-30 s of ptxas on this machine): every config of every kernel in bf16 NCHW
     (the spill, shared-memory and tensor-core checks), the largest and smallest config in
-    TF32 NCHW, and the smallest config in every other (dtype mode, layout): it compiles. One
+    TF32 NCHW, and the smallest config in every other (dtype mode, layout) (for kernels
+    without tl.dot, channels-last in bf16 only): it compiles. One
     variant per (kernel, mode, layout, config) when heuristics or flags (EVEN_K, HAS_BIAS,
     ...) give several. `full` compiles everything recorded."""
     if scope == "full":
@@ -328,9 +329,10 @@ def select_scope(units: dict, scope: str) -> dict:
         big, small = max(sizes.values()), min(sizes.values())
         for (mode, layout, _), (key, u) in items.items():
             sz = sizes[(mode, layout, _)]
-            if sz == small or (layout == "nchw" and (mode == "bf16" or
-                                                    (mode == "tf32" and sz == big))):
+            if layout == "nchw" and (mode == "bf16" or (mode == "tf32" and sz == big)):
                 kept[key] = u
+            elif sz == small and (u["has_dot"] or layout == "nchw" or mode == "bf16"):
+                kept[key] = u  # kernels without tl.dot: channels-last in bf16 only
     return kept
 
 
