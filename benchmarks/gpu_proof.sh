@@ -45,6 +45,9 @@ if [ -z "${PYTHON:-}" ]; then
   [ -x .venv/bin/python ] && PYTHON=$ROOT/.venv/bin/python
 fi
 export PYTHONUNBUFFERED=1
+# Autotune among the 2 best-ranked configs a prune keeps (cnnops/backends/triton/_launch.py:
+# autotune_top_k): every new layer shape compiles each candidate, and the window is 15 minutes.
+export CNNOPS_TRITON_TOPK=${CNNOPS_TRITON_TOPK:-2}
 
 if [ "${1:-}" = "--plan" ]; then
   # CPU dry run: record every Triton launch of the bench plan (meta tensors), bind it for

@@ -87,6 +87,16 @@ def configs(full: list[triton.Config], interpreted: triton.Config) -> list[trito
     return [interpreted] if INTERPRETED else full
 
 
+def autotune_top_k(kept: list[triton.Config]) -> list[triton.Config]:
+    """The first CNNOPS_TRITON_TOPK of the configs a prune kept (all when unset or 0).
+
+    Every new autotune key compiles and times each surviving config: fine for a long run, too
+    slow for a 15-minute GPU window. The config lists are ordered best-first for Hopper, so the
+    GPU proof sets CNNOPS_TRITON_TOPK=2 and tunes among the two most likely winners."""
+    top_k = int(os.environ.get("CNNOPS_TRITON_TOPK", "0") or 0)
+    return kept[:top_k] if top_k > 0 else kept
+
+
 cdiv = triton.cdiv
 
 

@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 
 from cnnops.shapes import conv2d_output_hw
-from cnnops.backends.triton._launch import (INTERPRETED, accumulator_type, cdiv, configs,
+from cnnops.backends.triton._launch import (INTERPRETED, accumulator_type, autotune_top_k, cdiv, configs,
                                            dot_precision, kernel_op, launch)
 
 SMEM_LIMIT = 227 * 1024  # shared memory per block on sm_90 (H100/H200)
@@ -94,8 +94,8 @@ def _prune(block_m: str, block_n: str, block_k: str, rows: str, cols: str, red: 
             if elem == 8 and kw[block_m] * kw[block_n] > 64 * 64:
                 continue  # float64 accumulators: 2 registers per element
             kept.append(c)
-        return kept or [min(config_list, key=lambda c: c.kwargs[block_m] * c.kwargs[block_n]
-                            * c.kwargs[block_k])]
+        return autotune_top_k(kept) or [min(
+            config_list, key=lambda c: c.kwargs[block_m] * c.kwargs[block_n] * c.kwargs[block_k])]
     return prune
 
 
