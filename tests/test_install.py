@@ -64,8 +64,14 @@ def test_readme_install_in_a_fresh_venv_with_wheel_and_newest_setuptools(tmp_pat
 
     env = dict(os.environ, CNNOPS_BUILD_CPP="0", PIP_NO_INPUT="1")
     env.pop("PYTHONPATH", None)
-    # The README's command, exactly.
-    sh(*pip, "install", "--no-build-isolation", "-e", ".", cwd=source, env=env)
+    # The README's command, exactly (not quiet: pip's log shows which path it took).
+    log = sh(python, "-m", "pip", "--disable-pip-version-check", "install",
+             "--no-build-isolation", "-e", ".", cwd=source, env=env)
+    # The PEP 517 editable build, not the legacy `setup.py develop` that broke: with the C++
+    # build on, that one fails with "No module named 'torch'" (its inner build is isolated).
+    # CNNOPS_BUILD_CPP=0 keeps setup.py from importing torch, so the path is asserted here.
+    assert "setup.py develop" not in log, log[-3000:]
+    assert "Building editable for cnnops (pyproject.toml)" in log, log[-3000:]
 
     probe = ("import sys, cnnops, cnnops.nn, cnnops.models, cnnops.shapes\n"
              "for name in ('matplotlib', 'sklearn', 'tqdm'):\n"
