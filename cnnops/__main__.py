@@ -7,7 +7,7 @@ SUBCOMMANDS = {
     "check": "compare every available backend with torch, forward and backward",
     "bench": "time the kernels against PyTorch on this machine: table, JSON, PNG chart",
     "train": "train a classic model (LeNet ... DenseNet) on Fashion-MNIST or bundled data",
-    "tune": "choose kernel settings for this machine (cnnops.tools.tune)",
+    "tune": "time every backend on a model's layers; cache the fastest for backend=\"fastest\"",
 }
 
 
