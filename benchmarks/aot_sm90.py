@@ -532,6 +532,8 @@ def compile_all(units, jobs, sass_dir=None, progress=True, stream_path=None):
         pool = cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"))
         futures = {pool.submit(_work, i, sass_dir): i for i in range(len(_UNITS))}
         it = ((futures[f], f.result()) for f in cf.as_completed(futures))
+    if stream_path:
+        os.makedirs(os.path.dirname(os.path.abspath(stream_path)), exist_ok=True)
     stream = open(stream_path, "w") if stream_path else None
     for n, (i, row) in enumerate(it, 1):
         rows[i] = row

@@ -19,3 +19,9 @@ def backends_under_test(device="cpu", op=None):
     return [b for b in cnnops.available_backends(device) if b != "torch"
             and (op is None or cnnops.get_backend(b).implements(op))]
 
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The counts of PyTorch's OpInfo/ModuleInfo samples run, passed and refused per backend."""
+    from torch_samples import terminal_summary
+    terminal_summary(terminalreporter)

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 import cnnops
 from cnnops import nn as cnn
-from cnnops._dispatch import BACKEND_NAMES, resolve
+from cnnops._dispatch import BACKEND_NAMES, CHOOSERS, resolve
 from cnnops.models import INPUT_SIZES, MODELS, init_weights  # noqa: F401 (init_weights: API)
 from cnnops.nn import GlobalAvgPool2d
 from cnnops.tools import data as datasets
@@ -79,7 +79,7 @@ RECIPES = {
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", choices=sorted(RECIPES),
                         help="which classic model (the book's architecture)")
-    parser.add_argument("--backend", default="auto", choices=("auto",) + BACKEND_NAMES,
+    parser.add_argument("--backend", default="auto", choices=CHOOSERS + BACKEND_NAMES,
                         help="kernels for conv, pooling and batch norm (default: auto)")
     parser.add_argument("--epochs", type=int,
                         help="default: 10, as the book; 200 for lenet on digits, whose 6 "
@@ -135,6 +135,10 @@ def resolved_backends(model: nn.Module, name: str, device: torch.device) -> dict
            cnn.BatchNorm2d: "batch_norm"}
     used = sorted({op for m in model.modules() for cls, op in ops.items() if isinstance(m, cls)})
     probe = {"input": torch.empty(0, device=device)}
+    if name == "fastest":  # chosen per layer at the first step; explain() lists the choices
+        if not cnnops.available_backends(device):
+            raise cnnops.BackendUnavailableError(f"no backend can run on {device} here")
+        return {op: "fastest" for op in used}
     return {op: resolve(name, op, probe, 0).name for op in used}
 
 
