@@ -19,6 +19,7 @@ from typing import Iterator
 
 import torch
 
+from cnnops import _validate
 from cnnops.backends import Backend, BackendUnavailableError, UnavailableBackend
 
 BACKEND_NAMES = ("reference", "torch", "native", "triton")
@@ -54,19 +55,13 @@ def _load() -> dict[str, Backend]:
 def check_backend_name(name) -> str:
     if name is None:
         return _default
-    if not isinstance(name, str) or (name not in CHOOSERS and name not in BACKEND_NAMES):
-        raise ValueError(f"backend={name!r} is not a backend; expected one of "
-                         f"{CHOOSERS + BACKEND_NAMES}")
-    return name
+    return _validate.choice("backend", name, CHOOSERS + BACKEND_NAMES, "a backend")
 
 
 def get_backend(name: str) -> Backend:
     """The backend object registered under `name` (not "auto" / "fastest": they choose per call)."""
-    name = check_backend_name(name)
-    if name in CHOOSERS:
-        raise ValueError(f"backend={name!r} chooses a backend per call; get_backend takes one of "
-                         f"{BACKEND_NAMES}")
-    return _load()[name]
+    return _load()[_validate.choice("backend", check_backend_name(name), BACKEND_NAMES,
+                                    "one backend (auto and fastest choose per call)")]
 
 
 @contextlib.contextmanager

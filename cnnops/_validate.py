@@ -270,3 +270,11 @@ def batch_norm_args(input, running_mean, running_var, weight, bias, training, mo
     if not eps >= 0:
         raise ValueError(f"batch_norm eps must be non-negative, got eps={eps!r}")
     return float(momentum), float(eps)
+
+
+def choice(argument: str, value, allowed: tuple, what: str):
+    """`value` if it is one of `allowed`, else ValueError naming the argument and the choices
+    (backend names, the CNNOPS_CONV_ALGO variable, ...)."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{argument}={value!r} is not {what}; expected one of {tuple(allowed)}")
+    return value

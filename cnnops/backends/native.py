@@ -29,6 +29,7 @@ import os
 import torch
 from torch._prims_common import suggest_memory_format
 
+from cnnops import _validate
 from cnnops.backends import Backend
 from cnnops.shapes import conv2d_output_hw, pool2d_output_hw
 
@@ -54,10 +55,8 @@ ops = torch.ops.cnnops
 def conv_algo() -> int:
     """The CUDA conv2d forward kernel CNNOPS_CONV_ALGO asks for, as the op's `algo` int."""
     name = os.environ.get("CNNOPS_CONV_ALGO", "auto").strip().lower() or "auto"
-    if name not in CONV_ALGOS:
-        raise ValueError(f"CNNOPS_CONV_ALGO={name!r} is not a conv2d algorithm; expected one of "
-                         f"{tuple(CONV_ALGOS)}")
-    return CONV_ALGOS[name]
+    return CONV_ALGOS[_validate.choice("CNNOPS_CONV_ALGO", name, tuple(CONV_ALGOS),
+                                       "a conv2d algorithm")]
 
 
 class NativeBackend(Backend):
