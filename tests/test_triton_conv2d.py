@@ -81,10 +81,31 @@ def check_forward_backward(x, w, b, stride, padding, dilation, groups, activatio
             assert_close(t.grad, r.grad, dtype, name)
 
 
+def tf32(allowed: bool) -> None:
+    """Sets cuDNN's TF32 flag until the end of the test, through torch's `flags()` context
+    manager: the plain attribute is frozen once torch.testing._internal.common_utils (imported
+    by the OpInfo tests in the same process) has called `torch.backends.disable_global_flags`."""
+    cudnn = torch.backends.cudnn
+    context = cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
+                          deterministic=cudnn.deterministic, allow_tf32=allowed)
+    context.__enter__()
+    _EXITS.append(context)
+
+
+_EXITS: list = []  # flags() contexts entered by the running test, left by the fixture below
+
+
+@pytest.fixture(autouse=True)
+def _restore_cudnn_flags():
+    yield
+    while _EXITS:
+        _EXITS.pop().__exit__(None, None, None)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", CASES)
 def test_conv2d_matches_torch(name, dtype, monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    tf32(False)
     case = CASES[name]
     x, w, b = make(case, dtype)
     check_forward_backward(x, w, b, *case[6:10], via_op=True)
@@ -254,7 +275,7 @@ def test_conv2d_half_precision_gpu(dtype):
 
 @pytest.mark.skipif(not ON_GPU, reason="TF32 exists on the GPU only")
 def test_conv2d_tf32_gpu(monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    tf32(True)
     x, w, b = make(CASES["rgb_3x3_pad1"], torch.float32)
     out = cnnops.conv2d(x, w, b, 1, 1, backend="triton")
     ref = F.conv2d(x.cpu().double(), w.cpu().double(), b.cpu().double(), 1, 1)
@@ -268,7 +289,7 @@ def test_every_autotune_config_gpu(kernel_name, monkeypatch):
     configs over the shared memory of the GPU for float32 are left out as the pruner does."""
     kernel = getattr(tconv, kernel_name)
     x, w, b = make((2, 5, 11, 13, 40, (3, 3), 2, 1, 1, 1, True), torch.float32)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    tf32(False)
     fitting = [c for c in kernel.configs
                if tconv._smem_bytes(c, "BLOCK_M", "BLOCK_N", "BLOCK_K", 4) <= tconv.SMEM_LIMIT]
     assert fitting
