@@ -285,8 +285,9 @@ def test_cuda_tiled_too_large_is_an_error(monkeypatch):
     with pytest.raises(RuntimeError, match="shared memory"):
         cnnops.conv2d(x, w, dilation=60, backend="native")
     monkeypatch.setenv("CNNOPS_CONV_ALGO", "auto")  # auto falls back to the naive kernel
-    _assert_close(cnnops.conv2d(x, w, dilation=60, backend="native"),
-                  F.conv2d(x, w, dilation=60), 1e-4, 1e-4, "output")
+    # the reference in float64: a float32 cuDNN reference would use TF32 (10-bit mantissa)
+    _assert_close(cnnops.conv2d(x, w, dilation=60, backend="native").double(),
+                  F.conv2d(x.double(), w.double(), dilation=60), 1e-4, 1e-4, "output")
 
 
 @needs_cuda

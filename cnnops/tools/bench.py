@@ -53,9 +53,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="comma list of models whose layers to time, or all (default)")
     parser.add_argument("--ops", type=_csv(catalogue.OPS), default=list(catalogue.OPS),
                         help="comma list of ops (default: all four)")
-    parser.add_argument("--backends", type=_csv(cnnops._dispatch.BACKEND_NAMES), default=None,
+    parser.add_argument("--backends", type=_csv(cnnops._dispatch.BACKEND_NAMES + ("fastest",)),
+                        default=None,
                         help="comma list; torch is always timed, as the baseline (default: "
-                             "every available backend; reference only when named)")
+                             "every available backend; reference only when named; fastest: "
+                             "the backend backend='fastest' picks per layer, shown in the "
+                             "'chose' column)")
     parser.add_argument("--dtypes", type=_csv(DTYPES), default=["float32"],
                         help="comma list of float32, float64, float16, bfloat16")
     parser.add_argument("--layouts", type=_csv(LAYOUTS), default=["nchw"],
@@ -198,6 +201,8 @@ def default_backends(device) -> list[str]:
 def skip_reason(backend: str, layer: Layer, batch: int, device) -> str | None:
     """Why `backend` is not timed on this layer here, or None."""
     device = torch.device(device)
+    if backend == "fastest":
+        return None if cnnops.available_backends(device) else f"no backend on {device.type}"
     if backend not in cnnops.available_backends(device):
         reason = cnnops.get_backend(backend).unavailable_reason(device)
         return reason or f"backend {backend!r} not available on {device.type}"
@@ -228,6 +233,8 @@ def measure(layer, batch, dtype, layout, mode, device, backends, args) -> list[d
             row.update(status="skipped", reason=reason)
             continue
         call = make_call(layer, inputs, backend, mode)
+        from cnnops import _fastest
+        tuned_before = len(_fastest._details)
         try:
             results = call()
         except (cnnops.BackendUnavailableError, TypeError) as e:
@@ -241,6 +248,9 @@ def measure(layer, batch, dtype, layout, mode, device, backends, args) -> list[d
                                               f"nothing to check this result against, so it "
                                               f"is not timed")
             continue
+        if backend == "fastest":  # what it chose for this layer's keys (timed on the first call)
+            new = list(_fastest._details.values())[tuned_before:]
+            row["chose"] = "+".join(sorted({d["backend"] for d in new})) or "(cached)"
         row["rel_error"] = relative_error(results, reference)
         if not row["rel_error"] <= tolerance(dtype, device):
             row.update(status="wrong", reason=f"max|out - torch float64| / max|torch float64| "

@@ -100,7 +100,8 @@ def _cells(row) -> list[str]:
     fma = f"{100 * row['fma_peak_fraction']:.1f}%" if ok and "fma_peak_fraction" in row else "-"
     copy = f"{100 * row['copy_fraction']:.1f}%" if ok and "copy_fraction" in row else "-"
     note = "" if ok else f"{row['status']}: {row.get('reason', '')}"
-    return [row["layer"], row["backend"], f"{row['dtype']} {row['layout']} {row['mode']}",
+    backend = row["backend"] + (f" -> {row['chose']}" if row.get("chose") else "")
+    return [row["layer"], backend, f"{row['dtype']} {row['layout']} {row['mode']}",
             _time(row.get("time_s")), _rate(row), speedup, roofline, fma, copy, note]
 
 
