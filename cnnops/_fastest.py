@@ -261,7 +261,7 @@ def save(path: str) -> None:
     data = _read(path)
     entries = data["contexts"].setdefault(context(), {})
     for key, detail in _details.items():
-        entries[repr(key)] = {k: v for k, v in detail.items()}
+        entries[repr(key)] = detail
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:

@@ -22,6 +22,7 @@ import time
 import torch
 
 import cnnops
+from cnnops import _fastest
 from cnnops.tools import catalogue, harness, require, timing
 from cnnops.tools.catalogue import Layer
 
@@ -233,7 +234,6 @@ def measure(layer, batch, dtype, layout, mode, device, backends, args) -> list[d
             row.update(status="skipped", reason=reason)
             continue
         call = make_call(layer, inputs, backend, mode)
-        from cnnops import _fastest
         tuned_before = len(_fastest._details)
         try:
             results = call()

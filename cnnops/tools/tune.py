@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if not path:
         print(f"tune: give --cache FILE or set {_fastest.CACHE_ENV}=FILE", flush=True)
         return 2
-    if os.environ.get(_fastest.CACHE_ENV) != path:
-        _fastest.load(path) if os.path.exists(path) else None
+    if os.environ.get(_fastest.CACHE_ENV) != path and os.path.exists(path):
+        _fastest.load(path)  # keep the choices already in the file (the env file loads itself)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     if not cnnops.available_backends(device):
         raise cnnops.BackendUnavailableError(f"no backend can run on {device} here")
