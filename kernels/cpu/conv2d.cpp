@@ -503,6 +503,9 @@ void conv2d_grad_input_cpu(const T* grad_output, const T* weight, T* grad_input,
 template <typename T>
 void conv2d_grad_weight_cpu(const T* grad_output, const T* input, T* grad_weight,
                                 const Conv2dShape& s) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (conv2d_grad_weight_blocked_f32(grad_output, input, grad_weight, s)) return;
+  }
   PaddedInput<T> xpad;
   pad_input(input, s, xpad);
   const int64_t cin_g = s.C_in / s.groups, cout_g = s.C_out / s.groups, taps = s.KH * s.KW;

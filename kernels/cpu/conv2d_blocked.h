@@ -26,4 +26,11 @@ bool conv2d_blocked_applies(const Conv2dShape& s);
 void conv2d_forward_blocked_f32(const float* input, const float* weight, const float* bias,
                                 float* output, const Conv2dShape& s, bool relu);
 
+// grad_weight = sum over the batch of grad_output x the input under each tap, float32, NCHW
+// in, [C_out][C_in / groups][KH][KW] out (kernels/cpu/conv2d_blocked_grad_weight.cpp).
+// Returns false, writing nothing, for shapes it does not handle (the caller then runs the
+// row kernel of conv2d.cpp).
+bool conv2d_grad_weight_blocked_f32(const float* grad_output, const float* input,
+                                    float* grad_weight, const Conv2dShape& s);
+
 }  // namespace cnnops
