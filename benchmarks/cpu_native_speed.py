@@ -7,7 +7,7 @@ torch and native are timed interleaved (torch, native, torch, ...), `--rounds` r
 Timer.blocked_autorange each, and the median round is kept. `--clock thread` times with the
 calling thread's CPU time instead (one thread only: it excludes the time the thread waits
 while other processes hold the core, the dominant noise on a shared machine).
-    python benchmarks/cpu_native_speed.py [--threads 2] [--only pool|conv|bwd|issue14]
+    python benchmarks/cpu_native_speed.py [--threads 2] [--only pool|conv|bwd|issue14|train]
         [--min-run 0.3] [--rounds 5] [--clock wall|thread]
 """
 import argparse
@@ -61,6 +61,25 @@ ISSUE14 = [
     ("lenet conv2 6->16 5x5 14 b256", (256, 6, 14, 14), 16, 5, 1, 0),
 ]
 
+# The convolutions of one training step (issue 14's backward targets): ResNet-18 at 96x96, batch
+# 32 (one row per distinct layer; the stem's input needs no gradient), and LeNet at batch 256.
+# (name, input shape, C_out, kernel, stride, padding, needs grad_input)
+TRAIN_LAYERS = [
+    ("resnet18 conv1 1->64 7x7/2p3 96 b32", (32, 1, 96, 96), 64, 7, 2, 3, False),
+    ("resnet18 64->64 3x3p1 24 b32", (32, 64, 24, 24), 64, 3, 1, 1, True),
+    ("resnet18 64->128 3x3/2p1 24 b32", (32, 64, 24, 24), 128, 3, 2, 1, True),
+    ("resnet18 64->128 1x1/2 24 b32", (32, 64, 24, 24), 128, 1, 2, 0, True),
+    ("resnet18 128->128 3x3p1 12 b32", (32, 128, 12, 12), 128, 3, 1, 1, True),
+    ("resnet18 128->256 3x3/2p1 12 b32", (32, 128, 12, 12), 256, 3, 2, 1, True),
+    ("resnet18 128->256 1x1/2 12 b32", (32, 128, 12, 12), 256, 1, 2, 0, True),
+    ("resnet18 256->256 3x3p1 6 b32", (32, 256, 6, 6), 256, 3, 1, 1, True),
+    ("resnet18 256->512 3x3/2p1 6 b32", (32, 256, 6, 6), 512, 3, 2, 1, True),
+    ("resnet18 256->512 1x1/2 6 b32", (32, 256, 6, 6), 512, 1, 2, 0, True),
+    ("resnet18 512->512 3x3p1 3 b32", (32, 512, 3, 3), 512, 3, 1, 1, True),
+    ("lenet conv1 1->6 5x5p2 28 b256", (256, 1, 28, 28), 6, 5, 1, 2, False),
+    ("lenet conv2 6->16 5x5 14 b256", (256, 6, 14, 14), 16, 5, 1, 0, True),
+]
+
 CLOCK = {"wall": None, "thread": time.thread_time}
 
 
@@ -104,7 +123,7 @@ def interleaved_ms(torch_stmt, native_stmt, env, args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", choices=("pool", "conv", "bwd", "copy", "issue14"),
+    parser.add_argument("--only", choices=("pool", "conv", "bwd", "copy", "issue14", "train"),
                         default=None)
     parser.add_argument("--min-run", type=float, default=0.3)
     parser.add_argument("--rounds", type=int, default=5)
@@ -132,6 +151,24 @@ def main():
             add(name + " fwd", "F.conv2d(x, w, b, s, p)",
                 "cnnops.conv2d(x, w, b, s, p, backend='native')", env,
                 flops=2 * y.numel() * shape[1] * k * k)
+
+    if args.only == "train":
+        # forward, grad_input and grad_weight of every distinct training layer
+        tb = ("torch.ops.aten.convolution_backward(g, x, w, [{}], s, p, [1, 1], False, "
+              "[0, 0], 1, [{}, {}, False])")
+        for name, shape, cout, k, s, p, grad_in in TRAIN_LAYERS:
+            x, w, b = torch.randn(shape), torch.randn(cout, shape[1], k, k) * 0.1, torch.randn(cout)
+            y = F.conv2d(x, w, b, s, p)
+            flops = 2 * y.numel() * shape[1] * k * k
+            env = {"x": x, "w": w, "b": b, "F": F, "cnnops": cnnops, "ops": ops, "torch": torch,
+                   "g": torch.randn_like(y), "si": s, "pi": p, "s": [s, s], "p": [p, p]}
+            add(name + " fwd", "F.conv2d(x, w, b, si, pi)",
+                "cnnops.conv2d(x, w, b, si, pi, backend='native')", env, flops=flops)
+            if grad_in:
+                add(name + " bwd input", tb.format(cout, "True", "False"),
+                    "ops.conv2d_grad_input(g, x, w, s, p, [1, 1], 1)", env, flops=flops)
+            add(name + " bwd weight", tb.format(cout, "False", "True"),
+                "ops.conv2d_grad_weight(g, x, w, s, p, [1, 1], 1)", env, flops=flops)
 
     if args.only in (None, "copy", "pool"):
         x = torch.randn(32, 64, 48, 48)
