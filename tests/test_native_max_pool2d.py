@@ -188,3 +188,136 @@ def test_cuda_opcheck():
     out, idx = torch.ops.cnnops.max_pool2d(x, *geometry, out_hw)
     torch.library.opcheck(torch.ops.cnnops.max_pool2d_grad_input.default,
                           (torch.randn_like(out), x, idx, *geometry))
+
+
+# ---- the row kernels per instruction set (issue 14) -----------------------------------------
+# kernels/cpu/max_pool2d.cpp runs an AVX-512 row kernel (stride_w 1 or 2; masked chunks of 16
+# floats / 8 doubles along the output row, borders included) and a portable one (AVX2,
+# baseline, other strides), picked per call by CNNOPS_CPU_ISA. Each must give torch's values
+# and indices bit for bit, with and without indices (max_pool2d_values), at 1 and 2 threads.
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+_FLAGS = _cpu_flags()
+_ISAS = [
+    pytest.param("avx512", marks=pytest.mark.skipif(
+        not {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= _FLAGS, reason="no AVX-512")),
+    pytest.param("avx2", marks=pytest.mark.skipif(not {"avx2", "fma"} <= _FLAGS,
+                                                  reason="no AVX2")),
+    "baseline",
+]
+
+# shapes that give several chunks per row (W > 32), a last chunk shifted left, rows narrower
+# than a vector, wide strides and dilations, and the ResNet stem pool (reduced batch)
+ROW_CASES = {
+    "stem": ((2, 4, 48, 48), dict(kernel_size=3, stride=2, padding=1)),
+    "stem_odd": ((1, 3, 37, 45), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+    "s1_wide": ((1, 2, 9, 70), dict(kernel_size=3, stride=1, padding=1)),
+    "s1_k4_dil": ((2, 1, 11, 41), dict(kernel_size=(2, 4), stride=(2, 1), padding=(1, 2),
+                                       dilation=(2, 3))),
+    "s2_k2": ((3, 2, 28, 28), dict(kernel_size=2, stride=2)),
+    "s2_k5_dil_ceil": ((1, 2, 13, 67), dict(kernel_size=5, stride=2, padding=2, dilation=(1, 2),
+                                            ceil_mode=True)),
+    "s2_narrow": ((2, 3, 7, 5), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+    "s3": ((1, 2, 10, 50), dict(kernel_size=3, stride=3, padding=1)),
+    "w1": ((2, 2, 6, 1), dict(kernel_size=(3, 1), stride=(1, 2))),
+}
+
+
+def _special_input(shape, dtype, kind, seed):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "ties":
+        return torch.randint(0, 3, shape, generator=g).to(dtype)
+    x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    if kind == "nan":
+        x[torch.rand(shape, generator=g) < 0.08] = float("nan")
+    elif kind == "minus_inf":
+        x[torch.rand(shape, generator=g) < 0.7] = float("-inf")
+        x[torch.rand(shape, generator=g) < 0.03] = float("nan")
+    return x
+
+
+def _pair(v):
+    return list(v) if isinstance(v, tuple) else [v, v]
+
+
+def _bits(t):
+    return t.view(torch.int32 if t.dtype == torch.float32 else torch.int64)
+
+
+@pytest.fixture
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("isa", _ISAS)
+@pytest.mark.parametrize("kind", ["randn", "ties", "nan", "minus_inf"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", list(ROW_CASES))
+def test_row_kernels_bit_equal(name, dtype, kind, isa, threads, monkeypatch):
+    monkeypatch.setenv("CNNOPS_CPU_ISA", isa)
+    shape, kwargs = ROW_CASES[name]
+    x = _special_input(shape, dtype, kind, seed=len(name))
+    want, want_idx = F.max_pool2d(x, **kwargs, return_indices=True)
+    got, got_idx = cnnops.max_pool2d(x, **kwargs, return_indices=True, backend="native")
+    _assert_indices_equal(got_idx, want_idx)
+    assert torch.equal(_bits(got), _bits(want)), "values differ from torch's bits"
+    k, s, p, d = (_pair(kwargs.get(key, default)) for key, default in
+                  (("kernel_size", None), ("stride", kwargs["kernel_size"]), ("padding", 0),
+                   ("dilation", 1)))
+    out_hw = [*pool2d_output_hw(x.shape[-2:], k, s, p, d, kwargs.get("ceil_mode", False))]
+    values = torch.ops.cnnops.max_pool2d_values(x, k, s, p, d, out_hw)
+    assert torch.equal(_bits(values), _bits(want)), "values-only op differs from torch's bits"
+
+
+def test_values_only_backend_path():
+    """need_indices=False runs max_pool2d_values where no gradient is needed, else the op
+    with indices (autograd needs them)."""
+    from cnnops.backends.native import BACKEND
+    x = _input((2, 3, 9, 10), torch.float32)
+    args = ((3, 3), (2, 2), (1, 1), (1, 1), False)
+    want = F.max_pool2d(x, 3, 2, 1)
+    out, idx = BACKEND.max_pool2d(x, *args, need_indices=False)
+    assert idx is not None and out.grad_fn is not None  # x requires grad: indices kept
+    with torch.no_grad():
+        out, idx = BACKEND.max_pool2d(x, *args, need_indices=False)
+    assert idx is None and torch.equal(out, want.detach())
+    out, idx = BACKEND.max_pool2d(x.detach(), *args, need_indices=False)
+    assert idx is None and torch.equal(out, want.detach())
+    out, idx = BACKEND.max_pool2d(x.detach(), *args)
+    assert idx is not None
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 8), (2, 1, 4, 35)])
+def test_values_opcheck_and_grad(shape):
+    x = _input(shape)
+    geometry, out_hw = _raw_args(x)
+    torch.library.opcheck(torch.ops.cnnops.max_pool2d_values.default, (x, *geometry, out_hw))
+    torch.library.opcheck(torch.ops.cnnops.max_pool2d_values.default,
+                          (x.detach(), *geometry, out_hw))
+    # a gradient through the values op (not the backend's path, but allowed) is max_pool2d's
+    values = torch.ops.cnnops.max_pool2d_values(x, *geometry, out_hw)
+    out, _ = torch.ops.cnnops.max_pool2d(x, *geometry, out_hw)
+    grad = torch.randn_like(out)
+    assert torch.equal(torch.autograd.grad(values, x, grad)[0], torch.autograd.grad(out, x, grad)[0])
+    assert torch.autograd.gradcheck(
+        lambda t: torch.ops.cnnops.max_pool2d_values(t, *geometry, out_hw), (x,))
+
+
+def test_values_empty_batch():
+    x = _input((0, 2, 6, 6)).detach()
+    assert torch.ops.cnnops.max_pool2d_values(x, [2, 2], [2, 2], [0, 0], [1, 1],
+                                              [3, 3]).shape == (0, 2, 3, 3)

@@ -79,9 +79,16 @@ class NativeBackend(Backend):
         return ops.conv2d(input, weight, bias, stride, padding, dilation, groups, out_hw,
                           activation == "relu", conv_algo())
 
-    def max_pool2d(self, input, kernel_size, stride, padding, dilation, ceil_mode):
+    def max_pool2d(self, input, kernel_size, stride, padding, dilation, ceil_mode,
+                   need_indices=True):
+        """(output, indices). With `need_indices=False` and no gradient to compute (under
+        torch.no_grad() or for an input that does not require grad) the indices are None and
+        the values-only op runs (`max_pool2d_values`: no index computed or written)."""
         out_hw = pool2d_output_hw(input.shape[-2:], kernel_size, stride, padding, dilation,
                                   ceil_mode)
+        if not need_indices and not (torch.is_grad_enabled() and input.requires_grad):
+            return ops.max_pool2d_values(input, kernel_size, stride, padding, dilation,
+                                         out_hw), None
         return ops.max_pool2d(input, kernel_size, stride, padding, dilation, out_hw)
 
     def avg_pool2d(self, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
@@ -142,6 +149,10 @@ def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, output_size)
     return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
 
 
+def _max_pool2d_values_fake(input, kernel_size, stride, padding, dilation, output_size):
+    return input.new_empty((*input.shape[:2], *output_size))
+
+
 def _max_pool2d_grad_input_fake(grad_output, input, indices, kernel_size, stride, padding,
                                 dilation):
     return input.new_empty(input.shape)
@@ -199,6 +210,20 @@ def _max_pool2d_backward(ctx, grad, _grad_indices):
     """grad_input: each output's gradient added to the input element its index names
     (`max_pool2d_grad_input`); the indices get no gradient."""
     input, indices = ctx.saved_tensors
+    return (ops.max_pool2d_grad_input(grad, input, indices, *ctx.pool_args),
+            None, None, None, None, None)
+
+
+def _max_pool2d_values_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    ctx.pool_args = inputs[1:5]  # kernel_size, stride, padding, dilation (not output_size)
+
+
+def _max_pool2d_values_backward(ctx, grad):
+    """The values-only op keeps no indices (it runs where no gradient is expected); if one
+    is asked for anyway, max_pool2d recomputes them and the gradient is max_pool2d's."""
+    (input,) = ctx.saved_tensors
+    _, indices = ops.max_pool2d(input, *ctx.pool_args, grad.shape[-2:])
     return (ops.max_pool2d_grad_input(grad, input, indices, *ctx.pool_args),
             None, None, None, None, None)
 
@@ -349,6 +374,7 @@ def _register() -> None:
     torch.library.register_fake("cnnops::conv2d_grad_weight")(_conv2d_grad_weight_fake)
     torch.library.register_fake("cnnops::conv2d_grad_bias")(_conv2d_grad_bias_fake)
     torch.library.register_fake("cnnops::max_pool2d")(_max_pool2d_fake)
+    torch.library.register_fake("cnnops::max_pool2d_values")(_max_pool2d_values_fake)
     torch.library.register_fake("cnnops::max_pool2d_grad_input")(_max_pool2d_grad_input_fake)
     torch.library.register_fake("cnnops::avg_pool2d")(_avg_pool2d_fake)
     torch.library.register_fake("cnnops::avg_pool2d_grad_input")(_avg_pool2d_grad_input_fake)
@@ -358,6 +384,8 @@ def _register() -> None:
                                     setup_context=_conv2d_setup_context)
     torch.library.register_autograd("cnnops::max_pool2d", _max_pool2d_backward,
                                     setup_context=_max_pool2d_setup_context)
+    torch.library.register_autograd("cnnops::max_pool2d_values", _max_pool2d_values_backward,
+                                    setup_context=_max_pool2d_values_setup_context)
     torch.library.register_autograd("cnnops::avg_pool2d", _avg_pool2d_backward,
                                     setup_context=_avg_pool2d_setup_context)
     for name, backward in (("conv2d_grad_input", _conv2d_grad_input_backward),

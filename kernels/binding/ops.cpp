@@ -229,6 +229,28 @@ std::tuple<Tensor, Tensor> max_pool2d(const Tensor& input_, IntArrayRef kernel_s
   return {out, indices};
 }
 
+// The values of max_pool2d without its indices (inference: nothing will need the backward's
+// scatter), so the CPU kernel neither computes nor writes them. CUDA runs max_pool2d and
+// drops the indices.
+Tensor max_pool2d_values(const Tensor& input_, IntArrayRef kernel_size, IntArrayRef stride,
+                         IntArrayRef padding, IntArrayRef dilation,
+                         c10::SymIntArrayRef output_size) {
+  static constexpr const char* op = "cnnops::max_pool2d_values";
+  if (input_.is_cuda())
+    return std::get<0>(max_pool2d(input_, kernel_size, stride, padding, dilation, output_size));
+  const Pool2dShape s = pool_shape(input_, kernel_size, stride, padding, dilation,
+                                   output_hw(output_size, op), op);
+  check_windows_cover_input(s, op);
+  const Tensor input = input_.contiguous();
+  Tensor out = at::empty({input.size(0), input.size(1), s.OH, s.OW}, input.options());
+  if (out.numel() == 0) return out;
+  CNNOPS_RUN(input, op, {
+    max_pool2d_forward_cpu(ptr<scalar_t>(input), mut<scalar_t>(out),
+                           static_cast<int64_t*>(nullptr), s);
+  }, cudaSuccess);
+  return out;
+}
+
 // `indices` must be max_pool2d's on this input (each in [0, H * W)): the kernels write
 // grad_input at them unchecked, as ATen's max_pool2d_with_indices_backward does.
 Tensor max_pool2d_grad_input(const Tensor& grad_output_, const Tensor& input,
@@ -311,6 +333,8 @@ TORCH_LIBRARY(cnnops, m) {
   m.def("conv2d_grad_bias(Tensor grad_output) -> Tensor");
   m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
         "int[2] dilation, SymInt[2] output_size) -> (Tensor, Tensor)");
+  m.def("max_pool2d_values(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+        "int[2] dilation, SymInt[2] output_size) -> Tensor");
   m.def("max_pool2d_grad_input(Tensor grad_output, Tensor input, Tensor indices, "
         "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
   m.def("avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
@@ -333,6 +357,7 @@ TORCH_LIBRARY(cnnops, m) {
   m.impl("conv2d_grad_weight", &binding::conv2d_grad_weight);        \
   m.impl("conv2d_grad_bias", &binding::conv2d_grad_bias);            \
   m.impl("max_pool2d", &binding::max_pool2d);                        \
+  m.impl("max_pool2d_values", &binding::max_pool2d_values);          \
   m.impl("max_pool2d_grad_input", &binding::max_pool2d_grad_input);  \
   m.impl("avg_pool2d", &binding::avg_pool2d);                        \
   m.impl("avg_pool2d_grad_input", &binding::avg_pool2d_grad_input);  \

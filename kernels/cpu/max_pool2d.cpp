@@ -1,23 +1,34 @@
 // max_pool2d on the CPU, NCHW contiguous, float and double.
 //
-// One output row at a time. Its interior (outputs whose window lies inside the row along W)
-// goes in chunks of 16 floats / 8 doubles: each chunk keeps its running maxima and winning
-// taps in registers over every tap (kh, kw) and is stored once, so the loop over the chunk
-// has a fixed trip count and no bounds checks and vectorises (stride 2: a load and a
-// shuffle). The few border outputs go one at a time. The scan order per output element is
-// PyTorch's (kh, then kw), and so are the rules: a value replaces the running maximum when
-// it is greater or NaN (so a NaN in the window wins and the last NaN's index is kept), and
-// an all -inf window reports its first in-bounds element. The winning tap kh * KW + kw is
-// kept as an int32 (the lane width of float, so the select vectorises) and turned into
-// PyTorch's flat index h * W + w at the store: the window's first element plus the tap's
-// offset from it (a table per call, so no division per output).
+// Two row kernels; both give PyTorch's results bit for bit, indices included. The scan order
+// per output element is PyTorch's (kh, then kw), and so are the rules: a value replaces the
+// running maximum when it is greater or NaN (so a NaN in the window wins and the last NaN's
+// index is kept), and an all -inf window reports its first in-bounds element.
+//
+// - AVX-512 (when cpu_isa_active() is kAvx512 and stride_w is 1 or 2; issue 14): the vector
+//   runs along the output row, every output of the row (borders included) in masked chunks of
+//   16 floats / 8 doubles, the stride-2 taps deinterleaved by vpermt2ps/pd; the running max
+//   and index live in registers and are written once. Without indices (indices == nullptr,
+//   the op max_pool2d_values) the update is one masked vmaxps per tap. See max_row_avx512.
+// - Otherwise (AVX2, baseline, stride_w > 2) the portable kernel below, compiled per ISA by
+//   target_clones: one output row at a time, its interior (outputs whose window lies inside
+//   the row along W) in chunks of 16 floats / 8 doubles: each chunk keeps its running maxima
+//   and winning taps over every tap (kh, kw) and is stored once, so the loop over the chunk
+//   has a fixed trip count and vectorises. The few border outputs go one at a time. The
+//   winning tap kh * KW + kw is kept as an int32 and turned into PyTorch's flat index
+//   h * W + w at the store: the window's first element plus the tap's offset from it.
 #include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <vector>
 
+#include "conv2d_blocked.h"  // cpu_isa_active
 #include "cpu_common.h"
 #include "kernels.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#endif
 
 namespace cnnops {
 namespace {
@@ -144,11 +155,261 @@ CNNOPS_SIMD_CLONES void max_pool_row(const T* in_plane, T* out_row, int64_t* idx
   }
 }
 
+
+// ---- AVX-512 row kernel (float32 and float64, stride_w 1 or 2) ------------------------------
+// The vector runs along the output row: L = 16 floats / 8 doubles outputs of one row per
+// register. For each tap (kh, kw) the L inputs under it are one masked load (stride 1) or two
+// masked loads and one vpermt2ps/pd that keeps the even elements (stride 2). The load masks
+// (per call: the same for every row) leave out columns outside [0, W) and the lanes read
+// -inf there, which never wins (it is neither greater nor NaN), so border outputs need no
+// scalar path and no padded copy. The running maximum and the winning flat index h * W + w
+// (int32 lanes, widened to int64 at the store) stay in registers over every tap and are
+// written once. The rule is PyTorch's scan: in (kh, kw) order a value replaces the running
+// maximum when it is greater or NaN, and the index starts at the window's first in-bounds
+// element (an all -inf window reports it). Without indices the update is one masked vmaxps
+// (v > best ? v : best; a NaN best stays; a NaN v is taken by the mask of ordered lanes).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CNNOPS_POOL_AVX512 1
+#define CNNOPS_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+#define CNNOPS_AVX512_INLINE CNNOPS_TARGET_AVX512 inline __attribute__((always_inline))
+
+template <typename T>
+struct Avx512;
+
+template <>
+struct Avx512<float> {
+  static constexpr int kLanes = 16;
+  using V = __m512;
+  using IV = __m512i;  // int32 lanes
+  using M = __mmask16;
+  static CNNOPS_AVX512_INLINE V set1(float x) { return _mm512_set1_ps(x); }
+  static CNNOPS_AVX512_INLINE V load(V src, uint32_t m, const float* p) {
+    return _mm512_mask_loadu_ps(src, static_cast<M>(m), p);
+  }
+  static CNNOPS_AVX512_INLINE V even(V lo, V hi) {
+    const IV idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_ps(lo, idx, hi);
+  }
+  static CNNOPS_AVX512_INLINE M take(V v, V best) {
+    return _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  }
+  static CNNOPS_AVX512_INLINE V mov(V a, M m, V b) { return _mm512_mask_mov_ps(a, m, b); }
+  static CNNOPS_AVX512_INLINE V max_or_nan(V v, V best) {
+    return _mm512_mask_max_ps(v, _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v, best);
+  }
+  static CNNOPS_AVX512_INLINE IV iset1(int32_t x) { return _mm512_set1_epi32(x); }
+  static CNNOPS_AVX512_INLINE IV iload(const int32_t* p) { return _mm512_loadu_si512(p); }
+  static CNNOPS_AVX512_INLINE IV iadd(IV a, IV b) { return _mm512_add_epi32(a, b); }
+  static CNNOPS_AVX512_INLINE IV imov(IV a, M m, IV b) { return _mm512_mask_mov_epi32(a, m, b); }
+  static CNNOPS_AVX512_INLINE void store(float* p, uint32_t m, V v) {
+    _mm512_mask_storeu_ps(p, static_cast<M>(m), v);
+  }
+  static CNNOPS_AVX512_INLINE void store_index(int64_t* p, uint32_t m, IV v) {
+    _mm512_mask_storeu_epi64(p, static_cast<__mmask8>(m),
+                             _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)));
+    _mm512_mask_storeu_epi64(p + 8, static_cast<__mmask8>(m >> 8),
+                             _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1)));
+  }
+};
+
+template <>
+struct Avx512<double> {
+  static constexpr int kLanes = 8;
+  using V = __m512d;
+  using IV = __m256i;  // int32 lanes
+  using M = __mmask8;
+  static CNNOPS_AVX512_INLINE V set1(double x) { return _mm512_set1_pd(x); }
+  static CNNOPS_AVX512_INLINE V load(V src, uint32_t m, const double* p) {
+    return _mm512_mask_loadu_pd(src, static_cast<M>(m), p);
+  }
+  static CNNOPS_AVX512_INLINE V even(V lo, V hi) {
+    const __m512i idx = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+    return _mm512_permutex2var_pd(lo, idx, hi);
+  }
+  static CNNOPS_AVX512_INLINE M take(V v, V best) {
+    return _mm512_cmp_pd_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q);
+  }
+  static CNNOPS_AVX512_INLINE V mov(V a, M m, V b) { return _mm512_mask_mov_pd(a, m, b); }
+  static CNNOPS_AVX512_INLINE V max_or_nan(V v, V best) {
+    return _mm512_mask_max_pd(v, _mm512_cmp_pd_mask(v, v, _CMP_ORD_Q), v, best);
+  }
+  static CNNOPS_AVX512_INLINE IV iset1(int32_t x) { return _mm256_set1_epi32(x); }
+  static CNNOPS_AVX512_INLINE IV iload(const int32_t* p) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
+  static CNNOPS_AVX512_INLINE IV iadd(IV a, IV b) { return _mm256_add_epi32(a, b); }
+  static CNNOPS_AVX512_INLINE IV imov(IV a, M m, IV b) { return _mm256_mask_mov_epi32(a, m, b); }
+  static CNNOPS_AVX512_INLINE void store(double* p, uint32_t m, V v) {
+    _mm512_mask_storeu_pd(p, static_cast<M>(m), v);
+  }
+  static CNNOPS_AVX512_INLINE void store_index(int64_t* p, uint32_t m, IV v) {
+    _mm512_mask_storeu_epi64(p, static_cast<__mmask8>(m), _mm512_cvtepi32_epi64(v));
+  }
+};
+
+// Per call (the same for every row): the chunks of L outputs that cover a row (starts ow0;
+// the last one shifted left to end at OW when OW >= L, else one chunk stored under a mask),
+// and per chunk and tap kw the load masks of the columns inside [0, W); per lane the column
+// of the window's first in-bounds tap and the window's start column ow * stride - pad.
+struct RowPlan {
+  int lanes = 0;
+  std::vector<int64_t> ow0;
+  std::vector<uint32_t> store_mask;
+  std::vector<uint32_t> load_mask;  // [chunk][kw][2]: (lo, hi) of stride 2; stride 1 uses lo
+  std::vector<int32_t> first_col, start_col;  // [chunk][lane]
+};
+
+// Bits i in [0, n) of a mask whose lane i reads column c + i, set where 0 <= c + i < W.
+inline uint32_t column_mask(int64_t c, int64_t W, int n) {
+  uint32_t m = 0;
+  for (int i = 0; i < n; ++i)
+    if (c + i >= 0 && c + i < W) m |= uint32_t(1) << i;
+  return m;
+}
+
+inline void plan_rows(RowPlan& p, const Pool2dShape& s, int lanes) {
+  const int L = lanes;
+  p.lanes = L;
+  p.ow0.clear();
+  if (s.OW >= L) {
+    for (int64_t ow = 0; ow < s.OW; ow += L) p.ow0.push_back(std::min(ow, s.OW - L));
+  } else {
+    p.ow0.push_back(0);
+  }
+  const int64_t chunks = static_cast<int64_t>(p.ow0.size());
+  const uint32_t full = L == 32 ? ~uint32_t(0) : (uint32_t(1) << L) - 1;
+  p.store_mask.assign(chunks, full);
+  if (s.OW < L) p.store_mask[0] = (uint32_t(1) << s.OW) - 1;
+  p.load_mask.assign(chunks * s.kernel_w * 2, 0);
+  p.first_col.assign(chunks * L, 0);
+  p.start_col.assign(chunks * L, 0);
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t ow0 = p.ow0[c];
+    for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+      const int64_t col = ow0 * s.stride_w - s.pad_w + kw * s.dil_w;
+      if (s.stride_w == 1) {
+        p.load_mask[(c * s.kernel_w + kw) * 2] = column_mask(col, s.W, L);
+      } else {  // stride 2: lanes of the pair (lo, hi) read columns col .. col + 2L - 1; the
+                // last (odd) one is never used
+        p.load_mask[(c * s.kernel_w + kw) * 2] = column_mask(col, s.W, L);
+        p.load_mask[(c * s.kernel_w + kw) * 2 + 1] = column_mask(col + L, s.W, L - 1);
+      }
+    }
+    for (int j = 0; j < L; ++j) {
+      const int64_t ow = std::min(ow0 + j, s.OW - 1);  // lanes past OW: any valid window
+      int64_t kw_lo, kw_hi;
+      valid_taps(ow, s.W, s.kernel_w, s.stride_w, s.pad_w, s.dil_w, &kw_lo, &kw_hi);
+      p.start_col[c * L + j] = static_cast<int32_t>((ow0 + j) * s.stride_w - s.pad_w);
+      p.first_col[c * L + j] = static_cast<int32_t>(ow * s.stride_w - s.pad_w + kw_lo * s.dil_w);
+    }
+  }
+}
+
+// Output row oh of one plane. kS: stride_w (1 or 2); kK: kernel_w when known at compile time
+// (2 or 3), else 0; kIdx: also the indices.
+template <typename T, int kS, int kK, bool kIdx>
+CNNOPS_TARGET_AVX512 void max_row_avx512(const T* in_plane, T* out_row, int64_t* idx_row,
+                                         const RowPlan& p, const Pool2dShape& s, int64_t oh) {
+  using A = Avx512<T>;
+  constexpr int L = A::kLanes;
+  const int64_t KW = kK ? kK : s.kernel_w;
+  int64_t kh_lo, kh_hi;
+  valid_taps(oh, s.H, s.kernel_h, s.stride_h, s.pad_h, s.dil_h, &kh_lo, &kh_hi);
+  const int64_t ih0 = oh * s.stride_h - s.pad_h;
+  const int64_t W = s.W, dw = s.dil_w;
+  const typename A::V ninf = A::set1(-std::numeric_limits<T>::infinity());
+  const typename A::IV step = A::iset1(static_cast<int32_t>(dw));
+  const int64_t chunks = static_cast<int64_t>(p.ow0.size());
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t ow0 = p.ow0[c];
+    const uint32_t* mask = p.load_mask.data() + c * KW * 2;
+    typename A::V best = ninf;
+    typename A::IV best_idx{}, start{};
+    if (kIdx) {
+      best_idx = A::iadd(A::iload(p.first_col.data() + c * L),
+                         A::iset1(static_cast<int32_t>((ih0 + kh_lo * s.dil_h) * W)));
+      start = A::iload(p.start_col.data() + c * L);
+    }
+    for (int64_t kh = kh_lo; kh < kh_hi; ++kh) {
+      const int64_t ih = ih0 + kh * s.dil_h;
+      const T* row = in_plane + ih * W + ow0 * kS - s.pad_w;
+      typename A::IV cand{};
+      if (kIdx) cand = A::iadd(start, A::iset1(static_cast<int32_t>(ih * W)));
+#pragma GCC unroll 4
+      for (int64_t kw = 0; kw < KW; ++kw) {
+        const T* q = row + kw * dw;
+        typename A::V v;
+        if (kS == 1) v = A::load(ninf, mask[2 * kw], q);
+        else v = A::even(A::load(ninf, mask[2 * kw], q), A::load(ninf, mask[2 * kw + 1], q + L));
+        if (kIdx) {
+          const auto take = A::take(v, best);
+          best = A::mov(best, take, v);
+          best_idx = A::imov(best_idx, take, cand);
+          cand = A::iadd(cand, step);
+        } else {
+          best = A::max_or_nan(v, best);
+        }
+      }
+    }
+    A::store(out_row + ow0, p.store_mask[c], best);
+    if (kIdx) A::store_index(idx_row + ow0, p.store_mask[c], best_idx);
+  }
+}
+
+using RowFn = void (*)(const void*, void*, int64_t*, const RowPlan&, const Pool2dShape&, int64_t);
+
+template <typename T, int kS, int kK, bool kIdx>
+void max_row_avx512_erased(const void* in_plane, void* out_row, int64_t* idx_row,
+                           const RowPlan& p, const Pool2dShape& s, int64_t oh) {
+  max_row_avx512<T, kS, kK, kIdx>(static_cast<const T*>(in_plane), static_cast<T*>(out_row),
+                                  idx_row, p, s, oh);
+}
+
+template <typename T, int kS, bool kIdx>
+RowFn pick_kernel_w(int64_t kw) {
+  if (kw == 2) return &max_row_avx512_erased<T, kS, 2, kIdx>;
+  if (kw == 3) return &max_row_avx512_erased<T, kS, 3, kIdx>;
+  return &max_row_avx512_erased<T, kS, 0, kIdx>;
+}
+
+// The AVX-512 row kernel for this call, or nullptr when it does not apply (another ISA
+// active, stride_w > 2, or flat indices past int32).
+template <typename T>
+RowFn avx512_row_kernel(const Pool2dShape& s, bool with_indices) {
+  if (cpu_isa_active() != CpuIsa::kAvx512) return nullptr;
+  if (s.stride_w != 1 && s.stride_w != 2) return nullptr;
+  // int32 lanes hold h * W + w and the candidates' columns, down to -pad and up to
+  // (H + pad + dilated kernel) * W
+  if ((s.H + 2 * s.pad_h + s.kernel_h * s.dil_h + 2) * (s.W + 2 * s.pad_w + s.kernel_w * s.dil_w + 64) >
+      std::numeric_limits<int32_t>::max())
+    return nullptr;
+  if (s.stride_w == 1)
+    return with_indices ? pick_kernel_w<T, 1, true>(s.kernel_w) : pick_kernel_w<T, 1, false>(s.kernel_w);
+  return with_indices ? pick_kernel_w<T, 2, true>(s.kernel_w) : pick_kernel_w<T, 2, false>(s.kernel_w);
+}
+#endif  // CNNOPS_POOL_AVX512
 }  // namespace
 
+// indices == nullptr: the values only (no index is computed or written).
 template <typename T>
 void max_pool2d_forward_cpu(const T* input, T* output, int64_t* indices, const Pool2dShape& s) {
   const int64_t work = s.planes * s.OH * s.OW * s.kernel_h * s.kernel_w;
+  const bool with_indices = indices != nullptr;
+#ifdef CNNOPS_POOL_AVX512
+  if (const RowFn row = avx512_row_kernel<T>(s, with_indices)) {
+    // the calling thread's plan, reused across calls; the team reads it through this reference
+    // (inside the parallel region the name would be each thread's own, empty, instance)
+    static thread_local RowPlan my_plan;
+    const RowPlan& plan = my_plan;
+    plan_rows(my_plan, s, Avx512<T>::kLanes);
+#pragma omp parallel for collapse(2) schedule(static) if (work > kParallelWork)
+    for (int64_t p = 0; p < s.planes; ++p)
+      for (int64_t oh = 0; oh < s.OH; ++oh)
+        row(input + p * s.H * s.W, output + (p * s.OH + oh) * s.OW,
+            with_indices ? indices + (p * s.OH + oh) * s.OW : nullptr, plan, s, oh);
+    return;
+  }
+#endif
   // tap_offset[kh * KW + kw]: the tap's input offset from its window's first element
   std::vector<int64_t> tap_offset(s.kernel_h * s.kernel_w);
   for (int64_t kh = 0; kh < s.kernel_h; ++kh)
@@ -158,12 +419,13 @@ void max_pool2d_forward_cpu(const T* input, T* output, int64_t* indices, const P
 #pragma omp parallel if (work > kParallelWork)
   {
     std::vector<int32_t> tap(s.OW);  // the winning tap of each output of a row
+    std::vector<int64_t> scratch(with_indices ? 0 : s.OW);  // indices nobody asked for
 #pragma omp for collapse(2) schedule(static)
     for (int64_t p = 0; p < s.planes; ++p)
       for (int64_t oh = 0; oh < s.OH; ++oh)
         max_pool_row(input + p * s.H * s.W, output + (p * s.OH + oh) * s.OW,
-                     indices + (p * s.OH + oh) * s.OW, tap.data(), tap_offset.data(), cols, s,
-                     oh);
+                     with_indices ? indices + (p * s.OH + oh) * s.OW : scratch.data(),
+                     tap.data(), tap_offset.data(), cols, s, oh);
   }
 }
 

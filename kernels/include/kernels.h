@@ -25,6 +25,7 @@ void conv2d_grad_weight_cpu(const T* grad_output, const T* input, T* grad_weight
 template <typename T>
 void conv2d_grad_bias_cpu(const T* grad_output, T* grad_bias, const Conv2dShape& s);
 
+// indices: nullptr for the values only (max_pool2d_values: no index computed or written).
 template <typename T>
 void max_pool2d_forward_cpu(const T* input, T* output, int64_t* indices, const Pool2dShape& s);
 template <typename T>
