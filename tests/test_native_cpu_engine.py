@@ -2,8 +2,10 @@
 (kernels/cpu/conv2d_blocked.cpp) in each of its instruction-set variants, and the machine-limit
 probes of kernels/cpu/peak.cpp.
 
-The blocked kernel runs for float32, groups == 1 and C_out >= 16 (forward; grad_input of a
-stride-1 convolution with C_in >= 16 is a forward convolution and takes it too). float32 results
+The blocked kernel runs for float32 and groups == 1: channel-vectorised tiles for C_out >= 16,
+pixel-vectorised ("thin") tiles below. grad_input with C_in >= 16 runs as stride-phase
+sub-convolutions on it (kernels/cpu/conv2d_blocked_grad_input.cpp), and a stride-1 grad_input
+with C_in < 16 as one forward convolution with thin output. float32 results
 are compared with torch computed in float64 on the same (float32-representable) values. The ISA
 variant is forced with the environment variable CNNOPS_CPU_ISA, read by the kernel on every
 call; variants the CPU lacks are skipped.
@@ -77,6 +79,36 @@ CASES = {
 }
 
 
+# Thin output (C_out < 16): one tile block of C_out channels (1-8), or two (9-15); rows at
+# least a vector wide (stored whole) or narrower (flat vectors, stored lane by lane).
+THIN_CASES = {
+    "lenet_conv1": ((3, 1, 28, 28), 6, (5, 5), dict(padding=2)),
+    "c_out1_wide": ((2, 3, 5, 40), 1, (3, 3), dict(padding=1)),
+    "c_out3_stride2": ((2, 5, 17, 19), 3, (3, 3), dict(stride=2, padding=1)),
+    "c_out8_dil": ((1, 16, 12, 21), 8, (3, 2), dict(dilation=(2, 3), padding=(1, 0))),
+    "c_out9_narrow": ((2, 4, 7, 6), 9, (2, 2), {}),
+    "c_out15_1x1": ((2, 20, 9, 8), 15, (1, 1), {}),
+    "c_out7_tiny": ((3, 2, 2, 3), 7, (1, 1), {}),
+    "c_out12_stride3": ((1, 6, 14, 17), 12, (3, 4), dict(stride=(3, 2), padding=(2, 1))),
+}
+
+# grad_input by stride-phase sub-convolutions (C_in >= 16): strides above the kernel (phases
+# without taps: zeros), dilation sharing a factor with the stride, padding above the reach of
+# the kernel (negative sub-convolution padding), 1x1 stride 2; C_out < 16 makes the
+# sub-convolutions thin.
+GRAD_INPUT_CASES = {
+    "3x3_stride2": ((2, 16, 12, 11), 32, (3, 3), dict(stride=2, padding=1)),
+    "1x1_stride2": ((2, 20, 9, 10), 24, (1, 1), dict(stride=2)),
+    "stride3_gt_kernel": ((1, 17, 14, 13), 16, (2, 2), dict(stride=3)),
+    "stride2_dil2": ((2, 16, 13, 12), 18, (3, 3), dict(stride=2, dilation=2, padding=2)),
+    "stride_31_dil_12": ((1, 16, 15, 9), 20, (4, 3), dict(stride=(3, 1), dilation=(1, 2),
+                                                          padding=(3, 2))),
+    "thin_sub": ((2, 32, 10, 10), 5, (3, 3), dict(stride=2, padding=1)),
+    "stride1_pad_gt_reach": ((1, 16, 6, 7), 16, (2, 2), dict(padding=(1, 1))),
+    "thin_c_in_stride1": ((2, 6, 14, 14), 16, (5, 5), {}),
+}
+
+
 def _make(input_shape, c_out, kernel, seed=0, bias=True):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(input_shape, generator=g)
@@ -107,6 +139,41 @@ def test_forward_matches_torch(name, isa, threads):
         assert got.dtype == torch.float32
         assert_close(got.double(), _want(x, w, b, kwargs, activation), *_tol(x, w),
                      f"{name} {isa} threads={threads} activation={activation}")
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("isa", _ISAS, indirect=True)
+@pytest.mark.parametrize("name", THIN_CASES)
+def test_thin_forward_matches_torch(name, isa, threads):
+    input_shape, c_out, kernel, kwargs = THIN_CASES[name]
+    x, w, b = _make(input_shape, c_out, kernel)
+    for activation in (None, "relu"):
+        for bias in (b, None):
+            got = cnnops.conv2d(x, w, bias, **kwargs, backend="native", activation=activation)
+            assert_close(got.double(), _want(x, w, bias, kwargs, activation), *_tol(x, w),
+                         f"{name} {isa} threads={threads} activation={activation}")
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("isa", _ISAS, indirect=True)
+@pytest.mark.parametrize("name", GRAD_INPUT_CASES)
+def test_grad_input_matches_torch(name, isa, threads):
+    input_shape, c_out, kernel, kwargs = GRAD_INPUT_CASES[name]
+    x, w, _ = _make(input_shape, c_out, kernel)
+    y = F.conv2d(x, w, None, **kwargs)
+    grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+    stride = list(kwargs.get("stride", (1, 1)) if not isinstance(kwargs.get("stride"), int)
+                  else (kwargs["stride"],) * 2)
+    padding = kwargs.get("padding", (0, 0))
+    padding = list(padding if not isinstance(padding, int) else (padding,) * 2)
+    dilation = kwargs.get("dilation", (1, 1))
+    dilation = list(dilation if not isinstance(dilation, int) else (dilation,) * 2)
+    got = torch.ops.cnnops.conv2d_grad_input(grad, x, w, stride, padding, dilation, 1)
+    want = torch.ops.aten.convolution_backward(
+        grad.double(), x.double(), w.double(), None, stride, padding, dilation, False, [0, 0],
+        1, [True, False, False])[0]
+    terms = c_out * kernel[0] * kernel[1]
+    assert_close(got.double(), want, 1e-5 * terms ** 0.5, 1e-4, f"{name} {isa} threads={threads}")
 
 
 @pytest.mark.parametrize("isa", _ISAS, indirect=True)

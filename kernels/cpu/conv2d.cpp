@@ -471,6 +471,11 @@ CNNOPS_SIMD_CLONES void conv_weight_unit_cloned(const T* grad_output, const T* x
 template <typename T>
 void conv2d_grad_input_cpu(const T* grad_output, const T* weight, T* grad_input,
                                const Conv2dShape& s) {
+  // float32 with C_in >= 16: stride-phase sub-convolutions on the blocked forward
+  // (conv2d_blocked_grad_input.cpp)
+  if constexpr (std::is_same_v<T, float>) {
+    if (conv2d_grad_input_blocked_f32(grad_output, weight, grad_input, s)) return;
+  }
   const int64_t cin_g = s.C_in / s.groups, cout_g = s.C_out / s.groups, taps = s.KH * s.KW;
   const int64_t pad_h = s.dil_h * (s.KH - 1) - s.pad_h, pad_w = s.dil_w * (s.KW - 1) - s.pad_w;
   if (s.stride_h == 1 && s.stride_w == 1 && pad_h >= 0 && pad_w >= 0) {

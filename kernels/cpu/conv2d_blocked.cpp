@@ -74,7 +74,8 @@ struct BlockedConv {
   int64_t K;             // C_in * KH * KW
   const int64_t* off;    // offset of reduction step k from the tile's first pixel
   const float* bias;
-  float* out;
+  float* out;             // output (oc, oh, ow) of image n at
+  int64_t out_image, out_plane, out_row, out_col;  // n out_image + oc out_plane + oh out_row + ow out_col
   int64_t C_out, OH, OW, Wq, total;  // total = OH * Wq flat pixels per image
   int xs;                            // distance of neighbouring pixels in x: 1 or 16
   bool relu;
@@ -111,18 +112,19 @@ CNNOPS_INLINE void unit(const BlockedConv& c, int64_t n, const TileItem& t) {
   }
 }
 
-// Writes a tile of accumulators (buf[j][p][VW]) to NCHW output, dropping the padding
-// columns and the channels past C_out. Out of line (see the file comment); a template so that
+// Writes a tile of accumulators (buf[j][p][VW]) to the output (NCHW, or every sh-th row and
+// sw-th column of it for grad_input's phases), dropping the padding columns and the channels
+// past C_out. Out of line (see the file comment); a template so that
 // the pixel loop is unrolled and each pixel's destination is computed once.
 template <int VW, int J, int P>
 __attribute__((noinline)) void store_tile(const BlockedConv& c, int64_t n, int ocb, int64_t q0,
                                           const float* buf) {
-  const int64_t plane = c.OH * c.OW;
-  float* out_n = c.out + n * c.C_out * plane;
+  const int64_t plane = c.out_plane;
+  float* out_n = c.out + n * c.out_image;
   int64_t pos[P];  // output offset of pixel p in its plane, -1 if dropped
   for (int p = 0; p < P; ++p) {
     const int64_t q = q0 + p, oh = q / c.Wq, ow = q - oh * c.Wq;
-    pos[p] = q < c.total && ow < c.OW ? oh * c.OW + ow : -1;
+    pos[p] = q < c.total && ow < c.OW ? oh * c.out_row + ow * c.out_col : -1;
   }
   for (int j = 0; j < J; ++j) {
     const int64_t oc0 = int64_t(ocb + j) * VW;
@@ -232,6 +234,143 @@ void run_baseline(const BlockedConv& c, int64_t n, const TileItem& t) {
   (c.xs == 16 ? unit<8, 1, 6, 16>(c, n, t) : unit<8, 1, 6, 1>(c, n, t));
 }
 
+
+// ---- Thin output (C_out < 16): the vector runs over VW consecutive output pixels instead.
+// A register tile holds OC output channels x PV pixel vectors; per reduction step k it loads PV
+// input vectors (unaligned, from the planar copy: a tap is the fixed offset off[k]) and
+// broadcasts OC weights, OC * PV FMAs. A pixel vector starts anywhere (vq): along a row when
+// rows are at least VW wide (the last one of a row shifted back to end at the row's end, so
+// every vector is stored whole), else over the flat pixel range including the padding
+// columns, whose lanes are dropped when stored.
+struct ThinConv {
+  const float* x;
+  int64_t x_image;
+  const float* w;  // [C_out / OC][K][OC]
+  int64_t K;
+  const int64_t* off;
+  const float* bias;
+  float* out;
+  int64_t out_image, out_plane, out_row, out_col;
+  int64_t C_out, OW, Wq, total;
+  bool relu;
+};
+
+// PV per OC: accumulators + PV loaded vectors within the register file (AVX-512: 32 zmm, the
+// weight broadcast folded into the FMA; AVX2: 16 ymm plus one broadcast register; baseline:
+// an 8-float vector is two xmm of 16).
+constexpr int kThinPvAvx512[9] = {0, 8, 8, 7, 6, 5, 4, 3, 3};
+constexpr int kThinPvAvx2[9] = {0, 8, 4, 3, 3, 2, 2, 1, 1};
+constexpr int kThinPvBaseline[9] = {0, 4, 2, 1, 1, 1, 1, 1, 1};
+
+// Writes the vectors of a tile (buf[oc][v][VW]) that do not lie whole inside one output row
+// (thin_tile stores those from its registers), lane by lane, with bias and ReLU. Out of line:
+// rare (rows narrower than a vector, grad_input's strided phases).
+template <int VW, int OC, int PV>
+__attribute__((noinline)) void thin_store_lanes(const ThinConv& c, int64_t n, int64_t ob,
+                                                const int64_t* vq, const float* buf) {
+  float* out_n = c.out + n * c.out_image;
+  for (int v = 0; v < PV; ++v) {
+    const int64_t q0 = vq[v], oh = q0 / c.Wq, ow = q0 - oh * c.Wq;
+    if (c.out_col == 1 && ow + VW <= c.OW && q0 + VW <= c.total) continue;  // stored whole
+    for (int o = 0; o < OC; ++o) {
+      const int64_t oc = ob * OC + o;
+      if (oc >= c.C_out) break;
+      const float b = c.bias ? c.bias[oc] : 0.0f;
+      const float* src = buf + (o * PV + v) * VW;
+      float* dst = out_n + oc * c.out_plane;
+      for (int l = 0; l < VW; ++l) {
+        const int64_t q = q0 + l, qh = q / c.Wq, qw = q - qh * c.Wq;
+        if (q >= c.total || qw >= c.OW) continue;
+        float y = src[l] + b;
+        dst[qh * c.out_row + qw * c.out_col] = c.relu && y < 0.0f ? 0.0f : y;
+      }
+    }
+  }
+}
+
+template <int VW, int OC, int PV>
+CNNOPS_INLINE void thin_tile(const ThinConv& c, int64_t n, int64_t ob, const int64_t* vq) {
+  using V = typename FloatVec<VW>::type;
+  const float* __restrict__ x = c.x + n * c.x_image;
+  const float* __restrict__ w = c.w + ob * c.K * OC;
+  const int64_t* __restrict__ off = c.off;
+  V negzero;
+#pragma GCC unroll 16
+  for (int l = 0; l < VW; ++l) negzero[l] = -0.0f;
+  const float* xv[PV];
+#pragma GCC unroll 8
+  for (int v = 0; v < PV; ++v) xv[v] = x + vq[v];
+  V acc[OC][PV];
+#pragma GCC unroll 8
+  for (int o = 0; o < OC; ++o)
+#pragma GCC unroll 8
+    for (int v = 0; v < PV; ++v) acc[o][v] = V{};
+  for (int64_t k = 0; k < c.K; ++k) {
+    V xk[PV];
+#pragma GCC unroll 8
+    for (int v = 0; v < PV; ++v) std::memcpy(&xk[v], xv[v] + off[k], sizeof(V));
+    const float* wk = w + k * OC;
+#pragma GCC unroll 8
+    for (int o = 0; o < OC; ++o) {
+      const V wb = negzero + wk[o];  // broadcast
+#pragma GCC unroll 8
+      for (int v = 0; v < PV; ++v) acc[o][v] += wb * xk[v];
+    }
+  }
+  // vectors inside one output row: bias, ReLU and a whole-vector store from the registers
+  float* out_n = c.out + n * c.out_image;
+  bool all_whole = true;
+#pragma GCC unroll 8
+  for (int v = 0; v < PV; ++v) {
+    const int64_t q0 = vq[v], oh = q0 / c.Wq, ow = q0 - oh * c.Wq;
+    if (!(c.out_col == 1 && ow + VW <= c.OW && q0 + VW <= c.total)) {
+      all_whole = false;
+      continue;
+    }
+#pragma GCC unroll 8
+    for (int o = 0; o < OC; ++o) {
+      const int64_t oc = ob * OC + o;
+      if (oc >= c.C_out) break;
+      V y = acc[o][v] + (c.bias ? c.bias[oc] : 0.0f);
+      if (c.relu) y = y < V{} ? V{} : y;  // false for NaN: ReLU keeps NaN, as torch does
+      std::memcpy(out_n + oc * c.out_plane + oh * c.out_row + ow, &y, sizeof(V));
+    }
+  }
+  if (all_whole) return;
+  alignas(64) float buf[OC * PV * VW];
+#pragma GCC unroll 8
+  for (int o = 0; o < OC; ++o)
+#pragma GCC unroll 8
+    for (int v = 0; v < PV; ++v) std::memcpy(buf + (o * PV + v) * VW, &acc[o][v], sizeof(V));
+  thin_store_lanes<VW, OC, PV>(c, n, ob, vq, buf);
+}
+
+template <int VW, const int* PVS>
+CNNOPS_INLINE void thin_dispatch(const ThinConv& c, int oc_block, int64_t n, int64_t ob,
+                                 const int64_t* vq) {
+  switch (oc_block) {
+    case 1: thin_tile<VW, 1, PVS[1]>(c, n, ob, vq); break;
+    case 2: thin_tile<VW, 2, PVS[2]>(c, n, ob, vq); break;
+    case 3: thin_tile<VW, 3, PVS[3]>(c, n, ob, vq); break;
+    case 4: thin_tile<VW, 4, PVS[4]>(c, n, ob, vq); break;
+    case 5: thin_tile<VW, 5, PVS[5]>(c, n, ob, vq); break;
+    case 6: thin_tile<VW, 6, PVS[6]>(c, n, ob, vq); break;
+    case 7: thin_tile<VW, 7, PVS[7]>(c, n, ob, vq); break;
+    default: thin_tile<VW, 8, PVS[8]>(c, n, ob, vq); break;
+  }
+}
+CNNOPS_TARGET_AVX512 void thin_avx512(const ThinConv& c, int oc_block, int64_t n, int64_t ob,
+                                      const int64_t* vq) {
+  thin_dispatch<16, kThinPvAvx512>(c, oc_block, n, ob, vq);
+}
+CNNOPS_TARGET_AVX2 void thin_avx2(const ThinConv& c, int oc_block, int64_t n, int64_t ob,
+                                  const int64_t* vq) {
+  thin_dispatch<8, kThinPvAvx2>(c, oc_block, n, ob, vq);
+}
+void thin_baseline(const ThinConv& c, int oc_block, int64_t n, int64_t ob, const int64_t* vq) {
+  thin_dispatch<8, kThinPvBaseline>(c, oc_block, n, ob, vq);
+}
+
 // Per-call buffers, kept by the calling thread and reused (no allocation once they are big
 // enough). Only the calling thread resizes them; the OpenMP team reads and fills them.
 // A repacked weight tensor and the raw bytes it was packed from.
@@ -240,6 +379,7 @@ struct WeightEntry {
   int64_t C_out, C_in, KH, KW;
   int isa;
   bool blocked_in;
+  int lanes;  // output channels per packed block: VW, or the thin tile's OC
   std::vector<float> raw, packed;
 };
 // Entries per thread (a model's conv layers; the oldest goes first). Bounded by count, not by
@@ -252,6 +392,7 @@ struct Workspace {
   std::vector<int64_t> off, korder, phase_id;
   std::vector<TileItem> items;
   std::vector<int64_t> q0[5];  // tile starts, per J
+  std::vector<int64_t> vq;     // pixel-vector starts of the thin tiles, grouped by PV
 };
 float* align64(float* p) {
   return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
@@ -265,12 +406,32 @@ Workspace& workspace() {
 
 bool conv2d_blocked_applies(const Conv2dShape& s) {
   // groups: the weights of one channel block must share their input channels. Thin output
-  // (C_out < 16) would leave most lanes empty: the row-vectorised kernel is better there.
-  return s.groups == 1 && s.C_out >= 16 && s.N > 0 && s.OH > 0 && s.OW > 0 && s.C_in > 0;
+  // (C_out < 16) runs the pixel-vectorised tiles (ThinConv).
+  return s.groups == 1 && s.N > 0 && s.OH > 0 && s.OW > 0 && s.C_in > 0 && s.C_out > 0;
 }
 
 void conv2d_forward_blocked_f32(const float* input, const float* weight, const float* bias,
                                 float* output, const Conv2dShape& s, bool relu) {
+  BlockedForward f;
+  f.input = input, f.N = s.N, f.C_in = s.C_in, f.H = s.H, f.W = s.W;
+  f.weight = weight, f.bias = bias, f.relu = relu;
+  f.C_out = s.C_out, f.KH = s.KH, f.KW = s.KW, f.stride_h = s.stride_h, f.stride_w = s.stride_w;
+  f.dil_h = s.dil_h, f.dil_w = s.dil_w, f.pad_top = s.pad_h, f.pad_left = s.pad_w;
+  f.OH = s.OH, f.OW = s.OW;
+  f.out = output, f.out_image = s.C_out * s.OH * s.OW, f.out_plane = s.OH * s.OW;
+  f.out_row = s.OW, f.out_col = 1;
+  f.cache_weights = true;
+  conv2d_blocked_forward(f);
+}
+
+void conv2d_blocked_forward(const BlockedForward& f) {
+  // the kernel below reads the geometry from a Conv2dShape; pad_h / pad_w there are the top and
+  // left padding (possibly negative: the rows above the input are cropped), H / W the input's
+  // size; the padded extent follows from the output size, not from the padding at the far end
+  Conv2dShape s{f.N, f.C_in, f.H, f.W, f.C_out, f.KH, f.KW, f.OH, f.OW,
+                f.stride_h, f.stride_w, f.pad_top, f.pad_left, f.dil_h, f.dil_w, 1};
+  const float* input = f.input;
+  const float* weight = f.weight;
   const CpuIsa isa = cpu_isa_active();
   const int VW = isa == CpuIsa::kAvx512 ? 16 : 8;
   const TileShape* shapes = isa == CpuIsa::kAvx512 ? kAvx512Shapes
@@ -284,8 +445,8 @@ void conv2d_forward_blocked_f32(const float* input, const float* weight, const f
 
   // ---- geometry of the phase planes
   const int64_t sh = s.stride_h, sw = s.stride_w;
-  const int64_t Hp = s.H + 2 * s.pad_h, Wp = s.W + 2 * s.pad_w;
-  const int64_t Hq = ceil_div(Hp, sh), Wq = ceil_div(Wp, sw);
+  // rows / columns of one phase plane: the output's, plus the farthest tap's offset
+  const int64_t Hq = s.OH + (s.KH - 1) * s.dil_h / sh, Wq = s.OW + (s.KW - 1) * s.dil_w / sw;
   // Channel stride of the copy: an odd number of 64-byte lines, so that the lines one tile
   // reads from consecutive channels fall into different L1 sets (a plane of 24 x 24 floats,
   // 36 lines, would put all channels into 16 of the 64 sets and thrash them).
@@ -311,8 +472,12 @@ void conv2d_forward_blocked_f32(const float* input, const float* weight, const f
   // 1x1 stride 1 unpadded reads the input as it is (no copy: the copy costs as much as the
   // 1x1 convolution itself with few output channels), unless its planes alias in L1 (see
   // `chan`) or are smaller than a tile
-  const bool direct = one_by_one && s.OH * s.OW >= Pmax && (s.H * s.W) % 32 != 0;
-  const bool blocked_in = s.C_in >= 16 && !direct;
+  // (thin output reads whole 16-pixel vectors: the plane must hold one)
+  const bool direct = one_by_one && s.OH == s.H && s.OW == s.W && s.OH * s.OW >= Pmax &&
+                      (s.C_out >= 16 || s.OH * s.OW >= 16) && (s.H * s.W) % 32 != 0;
+  // thin output: the vector runs over pixels, read from a planar copy
+  const bool thin = s.C_out < 16;
+  const bool blocked_in = s.C_in >= 16 && !direct && !thin;
   const int64_t cblocks = ceil_div(s.C_in, 16), chan_b = phases * phase_plane * 16;
   const int64_t taps = s.KH * s.KW, K = s.C_in * taps;
   const int64_t total = s.OH * Wq;
@@ -423,8 +588,10 @@ void conv2d_forward_blocked_f32(const float* input, const float* weight, const f
         }
   }
 
-  // ---- weights: [C_out blocks][K][VW], channels past C_out zero
-  const int64_t blocks = ceil_div(s.C_out, VW);
+  // ---- weights: [C_out blocks][K][lanes], channels past C_out zero; lanes = VW, or for thin
+  // output the tile's OC (C_out up to 8 in one block, else two near-equal blocks)
+  const int lanes = thin ? static_cast<int>(s.C_out <= 8 ? s.C_out : ceil_div(s.C_out, 2)) : VW;
+  const int64_t blocks = ceil_div(s.C_out, lanes);
   // Cached per thread, keyed by everything the packing depends on, and reused only while the
   // weights are bytewise what they were (memcmp, exact: an optimizer updates weights in place
   // at the same address, so the address alone is no key). memcmp reads the weights once,
@@ -432,31 +599,71 @@ void conv2d_forward_blocked_f32(const float* input, const float* weight, const f
   WeightEntry* e = nullptr;
   for (WeightEntry& c : ws.weights)
     if (c.ptr == weight && c.C_out == s.C_out && c.C_in == s.C_in && c.KH == s.KH &&
-        c.KW == s.KW && c.isa == static_cast<int>(isa) && c.blocked_in == blocked_in)
+        c.KW == s.KW && c.isa == static_cast<int>(isa) && c.blocked_in == blocked_in &&
+        c.lanes == lanes)
       e = &c;
   const int64_t numel = s.C_out * K;
-  const bool hit = e && std::memcmp(e->raw.data(), weight, numel * sizeof(float)) == 0;
-  if (!e) {
+  const bool hit = f.cache_weights && e && std::memcmp(e->raw.data(), weight, numel * sizeof(float)) == 0;
+  WeightEntry scratch;  // uncached calls (grad_input's per-call weights) pack here
+  if (!f.cache_weights) {
+    e = &scratch;
+  } else if (!e) {
     if (ws.weights.size() >= kWeightEntries) ws.weights.erase(ws.weights.begin());  // oldest
     ws.weights.push_back(WeightEntry{weight, s.C_out, s.C_in, s.KH, s.KW, static_cast<int>(isa),
-                                     blocked_in, {}, {}});
+                                     blocked_in, lanes, {}, {}});
     e = &ws.weights.back();
   }
   if (!hit) {
-    e->raw.assign(weight, weight + numel);
+    if (f.cache_weights) e->raw.assign(weight, weight + numel);
     // 64-byte aligned: a misaligned 64-byte load spans two cache lines (measured: half the
     // speed of the whole kernel)
-    e->packed.resize(blocks * K * VW + 16);
+    e->packed.resize(blocks * K * lanes + 16);
     float* dst = align64(e->packed.data());
-#pragma omp parallel for schedule(static) if (parallel && blocks * K * VW > kParallelWork)
+#pragma omp parallel for schedule(static) if (parallel && blocks * K * lanes > kParallelWork)
     for (int64_t ob = 0; ob < blocks; ++ob)
       for (int64_t k = 0; k < K; ++k)
-        for (int64_t l = 0; l < VW; ++l) {
-          const int64_t oc = ob * VW + l;
-          dst[(ob * K + k) * VW + l] = oc < s.C_out ? weight[oc * K + ws.korder[k]] : 0.0f;
+        for (int64_t l = 0; l < lanes; ++l) {
+          const int64_t oc = ob * lanes + l;
+          dst[(ob * K + k) * lanes + l] = oc < s.C_out ? weight[oc * K + ws.korder[k]] : 0.0f;
         }
   }
   const float* wr = align64(e->packed.data());
+
+  if (thin) {
+    // pixel vectors of one image: along rows when a row holds a whole vector, else flat over
+    // [0, total) (the last one shifted back to end at `total`; an image of fewer than VW
+    // pixels reads into the copy's slack), in groups of PV (a short last group repeats its
+    // last vector: recomputed, stored twice, bit-identical)
+    const int* pvs = isa == CpuIsa::kAvx512 ? kThinPvAvx512
+                     : isa == CpuIsa::kAvx2  ? kThinPvAvx2
+                                             : kThinPvBaseline;
+    const int PV = pvs[lanes];
+    std::vector<int64_t>& vq = ws.vq;
+    vq.clear();
+    if (s.OW >= VW) {
+      for (int64_t oh = 0; oh < s.OH; ++oh)
+        for (int64_t ow = 0; ow < s.OW; ow += VW) vq.push_back(oh * Wq + std::min(ow, s.OW - VW));
+    } else {
+      for (int64_t q0 = 0; q0 < total; q0 += VW)
+        vq.push_back(total >= VW ? std::min<int64_t>(q0, total - VW) : 0);
+    }
+    while (vq.size() % PV) vq.push_back(vq.back());
+    const int64_t groups = static_cast<int64_t>(vq.size()) / PV;
+    ThinConv c{x, x_image, wr, K, ws.off.data(), f.bias, f.out, f.out_image, f.out_plane,
+               f.out_row, f.out_col, s.C_out, s.OW, Wq, total, f.relu};
+    const int64_t* starts = vq.data();
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t u = 0; u < s.N * groups; ++u) {
+      const int64_t n = u / groups, g = u % groups;
+      for (int64_t ob = 0; ob < blocks; ++ob) {
+        if (isa == CpuIsa::kAvx512) thin_avx512(c, lanes, n, ob, starts + g * PV);
+        else if (isa == CpuIsa::kAvx2) thin_avx2(c, lanes, n, ob, starts + g * PV);
+        else thin_baseline(c, lanes, n, ob, starts + g * PV);
+      }
+    }
+    if (ws.x.capacity() * sizeof(float) > (size_t(256) << 20)) std::vector<float>().swap(ws.x);
+    return;
+  }
 
   // ---- tiles of one image: channel-block groups of up to Jmax blocks. Per group size J the
   // tile width P and the placement with the fewest computed pixels: tiles along each output
@@ -502,8 +709,9 @@ void conv2d_forward_blocked_f32(const float* input, const float* weight, const f
     ob += J;
   }
 
-  BlockedConv c{x,    x_image, wr,   K,  ws.off.data(), bias, output, s.C_out, s.OH,
-                s.OW, Wq,      total, blocked_in ? 16 : 1, relu};
+  BlockedConv c{x,          x_image,     wr,        K,         ws.off.data(), f.bias,
+                f.out,      f.out_image, f.out_plane, f.out_row, f.out_col,   s.C_out,
+                s.OH,       s.OW,        Wq,        total,     blocked_in ? 16 : 1, f.relu};
   const int64_t items = static_cast<int64_t>(ws.items.size());
   const TileItem* item = ws.items.data();
 #pragma omp parallel for schedule(static) if (parallel)

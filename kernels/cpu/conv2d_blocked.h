@@ -26,6 +26,32 @@ bool conv2d_blocked_applies(const Conv2dShape& s);
 void conv2d_forward_blocked_f32(const float* input, const float* weight, const float* bias,
                                 float* output, const Conv2dShape& s, bool relu);
 
+// The blocked forward in general form, for the callers that run a convolution other than the
+// layer's own (grad_input's stride-phase sub-convolutions): input NCHW contiguous, weight
+// [C_out][C_in][KH][KW] contiguous, padding only above and left (possibly negative: rows and
+// columns cropped), the output size given (rows past the input read zeros), and the output
+// element (n, oc, oh, ow) written at out + n out_image + oc out_plane + oh out_row + ow out_col.
+// Requires C_out >= 16 (see conv2d_blocked_applies) and N, OH, OW, C_in > 0.
+struct BlockedForward {
+  const float* input;
+  int64_t N, C_in, H, W;
+  const float* weight;
+  const float* bias;  // may be null
+  bool relu;
+  int64_t C_out, KH, KW, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left;
+  int64_t OH, OW;
+  float* out;
+  int64_t out_image, out_plane, out_row, out_col;
+  bool cache_weights;  // keep the repacked weights for the next call with these weights
+};
+void conv2d_blocked_forward(const BlockedForward& f);
+
+// grad_input of a float32 convolution by stride-phase sub-convolutions on the blocked forward
+// (kernels/cpu/conv2d_blocked_grad_input.cpp). Returns false, writing nothing, for shapes it
+// does not handle (then conv2d.cpp's row kernels run).
+bool conv2d_grad_input_blocked_f32(const float* grad_output, const float* weight,
+                                   float* grad_input, const Conv2dShape& s);
+
 // grad_weight = sum over the batch of grad_output x the input under each tap, float32, NCHW
 // in, [C_out][C_in / groups][KH][KW] out (kernels/cpu/conv2d_blocked_grad_weight.cpp).
 // Returns false, writing nothing, for shapes it does not handle (the caller then runs the
