@@ -179,3 +179,24 @@ def test_cuda_channels_last_and_opcheck():
     out = torch.ops.cnnops.avg_pool2d(x, *args, out_hw)
     torch.library.opcheck(torch.ops.cnnops.avg_pool2d_grad_input.default,
                           (torch.randn_like(out), x, *args))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(3, 2, 28, 28), (2, 3, 11, 9), (1, 1, 1, 5), (2, 2, 10, 1)])
+@pytest.mark.parametrize("divisor_override", [None, 3])
+def test_2x2_stride_2_bit_equal(shape, dtype, divisor_override):
+    """The whole-window 2x2, stride 2 forward and backward (one pass each; an odd last row or
+    column gets no gradient) give torch's bits."""
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g, dtype=dtype)
+    if shape[-1] < 2 or shape[-2] < 2:
+        x = F.pad(x, (0, max(0, 2 - shape[-1]), 0, max(0, 2 - shape[-2])))
+    want = F.avg_pool2d(x, 2, divisor_override=divisor_override)
+    got = cnnops.avg_pool2d(x, 2, divisor_override=divisor_override, backend="native")
+    assert torch.equal(got, want)
+    grad = torch.randn(want.shape, generator=g, dtype=dtype)
+    want_grad = torch.ops.aten.avg_pool2d_backward(grad, x, [2, 2], [2, 2], [0, 0], False,
+                                                   True, divisor_override)
+    got_grad = torch.ops.cnnops.avg_pool2d_grad_input(grad, x, [2, 2], [2, 2], [0, 0], True,
+                                                      divisor_override)
+    assert torch.equal(got_grad, want_grad)

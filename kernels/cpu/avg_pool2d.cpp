@@ -5,7 +5,8 @@
 // max_pool2d_cpu.cpp), the border outputs one at a time; then each is divided by its divisor (index_math.h:
 // avg_window / avg_divisor, ATen's clipping). Backward scatters grad / divisor back over the
 // same taps; a thread owns whole planes, so no atomics. The divisor factors into a row part
-// and a column part; the column parts are computed once per call.
+// and a column part; the column parts are computed once per call. The whole-window 2x2,
+// stride 2 pooling (LeNet, DenseNet) has its own one-pass forward and backward.
 #include <algorithm>
 #include <type_traits>
 #include <vector>
@@ -183,6 +184,29 @@ CNNOPS_SIMD_CLONES void avg_pool_2x2_plane(const T* __restrict__ in, T* __restri
   }
 }
 
+// Backward of the whole-window 2x2, stride 2 pooling: each output's gradient / divisor goes to
+// its 4 inputs (the windows do not overlap, so it is written, not added: no zero fill of the
+// plane first); an odd last row or column belongs to no window and gets 0. One pass over the
+// plane, which GCC vectorises (a division and duplicating stores per row pair).
+template <typename T>
+CNNOPS_SIMD_CLONES void avg_pool_2x2_backward_plane(const T* __restrict__ gout,
+                                                    T* __restrict__ gin, const Pool2dShape& s,
+                                                    T divisor) {
+  for (int64_t oh = 0; oh < s.OH; ++oh) {
+    const T* __restrict__ g = gout + oh * s.OW;
+    T* __restrict__ top = gin + 2 * oh * s.W;
+    T* __restrict__ bottom = top + s.W;
+    for (int64_t ow = 0; ow < s.OW; ++ow) {
+      const T v = g[ow] / divisor;
+      top[2 * ow] = v;
+      top[2 * ow + 1] = v;
+    }
+    for (int64_t w = 2 * s.OW; w < s.W; ++w) top[w] = T(0);
+    for (int64_t w = 0; w < s.W; ++w) bottom[w] = top[w];
+  }
+  for (int64_t i = 2 * s.OH * s.W; i < s.H * s.W; ++i) gin[i] = T(0);
+}
+
 bool is_whole_2x2_stride_2(const Pool2dShape& s) {
   return s.kernel_h == 2 && s.kernel_w == 2 && s.stride_h == 2 && s.stride_w == 2 &&
          s.pad_h == 0 && s.pad_w == 0 && 2 * s.OH <= s.H && 2 * s.OW <= s.W;
@@ -219,6 +243,14 @@ void avg_pool2d_grad_input_cpu(const T* grad_output, T* grad_input, const Pool2d
                              bool count_include_pad, int64_t divisor_override) {
   const ColumnWindows cols(s);
   const int64_t work = s.planes * s.OH * s.OW * s.kernel_h * s.kernel_w;
+  if (is_whole_2x2_stride_2(s)) {
+    const T divisor = static_cast<T>(divisor_override != 0 ? divisor_override : 4);
+#pragma omp parallel for schedule(static) if (s.planes * s.H * s.W > kParallelWork)
+    for (int64_t p = 0; p < s.planes; ++p)
+      avg_pool_2x2_backward_plane(grad_output + p * s.OH * s.OW, grad_input + p * s.H * s.W, s,
+                                  divisor);
+    return;
+  }
 #pragma omp parallel if (work > kParallelWork)
   {
     std::vector<T> scaled(s.OW);  // one row of grad_output / divisor
