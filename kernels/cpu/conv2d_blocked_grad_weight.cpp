@@ -2,32 +2,38 @@
 //
 //   dW[oc, ic, kh, kw] = sum_n sum_{oh, ow} gO[n, oc, oh, ow] * Xpad[n, ic, oh sh + kh dh, ow sw + kw dw]
 //
-// The vector runs over output channels: one register holds VW = 16 (AVX-512) or 8 (AVX2,
-// baseline) output channels. A register tile holds J channel blocks x E reduction entries
-// (an entry is one (ic, kh, kw) of the filter; 24 accumulators on AVX-512, 12 on AVX2); the
+// The vector runs over output channels: one register holds VW = 16 (AVX-512), 8 (AVX2) or 4
+// (baseline, SSE2) output channels. A register tile holds J channel blocks x E reduction
+// entries (an entry is one (ic, kh, kw) of the filter; 24 accumulators on AVX-512, 12 on AVX2
+// and the baseline, whose 16 registers also hold the J loads and the broadcast); the
 // loop runs over output pixels: per pixel it loads the J grad_output vectors and broadcasts the
 // E input values under the entries' taps, then does J * E FMAs.
 //
-// Repacks, per call, into per-thread workspaces that are reused across calls:
-//  * grad_output, NCHW -> pixel-major [N][OH OW][CP] (CP = C_out rounded up to 16, zero
+// The batch goes in super-chunks of images (~768 KiB of repacked data, in L2), each repacked
+// by the whole team into one of two buffers (per calling thread, reused across calls):
+//  * grad_output, NCHW -> pixel-major [images][OH OW][CP] (CP = C_out rounded up to 16, zero
 //    lanes): the J vectors of a pixel are consecutive, one pointer;
 //  * the input into the zero-padded, stride-phase-split copy of the forward
 //    (conv2d_blocked.cpp): plane (a, b) holds Xpad[i sh + a][j sw + b], so that output pixel
 //    (oh, ow) reads every tap at a fixed offset from x[oh Wq + ow]. With C_in >= 4 the copy is
-//    channel-blocked by 16 ([C_in / 16][planes][16]: the entries of a tile are mostly lanes of
-//    one 64-byte line); thinner inputs stay planar.
-// Entries come in "units" of RC consecutive floats of the copy (RC lanes of one tap, RC = 1
-// planar); a tile takes T units (T base pointers), E = T * RC. Lanes past C_in and the padding
-// units of the last group are computed and dropped. Only real output pixels are visited (a list
-// of their offsets in the copy), so the columns of the copy past OW never enter a sum: an inf
-// there cannot turn into a NaN through a zero gradient.
+//    channel-blocked by 16 ([C_in / 16][planes][16]: the entries of a tile are lanes of a few
+//    64-byte lines); thinner inputs stay planar.
+// Both are 16 x 16 transposes (AVX-512 shuffles; a scalar 16-stream gather ran at ~1 ns a float
+// and cost as much as a third of a layer). Entries come in "units" of RC consecutive floats of
+// the copy (RC lanes of one tap; RC = 1: any (ic, kh, kw), in the filter's own order); a tile
+// takes T units (T base pointers), E = T * RC. Lanes past C_in and the padding units of the
+// last group are computed and dropped. Only real output pixels are visited (a list of their
+// offsets in the copy), so the columns of the copy past OW never enter a sum: an inf there
+// cannot turn into a NaN through a zero gradient.
 //
 // Work split and determinism: a work item is (J channel blocks, one group of T units); its
-// accumulators live in a per-item slot between pixel chunks. Every thread walks all the
-// pixels, in chunks of ~96 (the chunk's grad_output vectors stay in L1 for all the thread's
-// items), and owns a fixed range of items. Each dW element is thus summed in one fixed order
-// (chunk by chunk, pixel by pixel) whatever the thread count: bitwise identical run to run and
-// for any number of threads, no cross-thread reduction.
+// accumulators live in a per-item slot between pixel chunks. Every thread walks the pixels of
+// each super-chunk in chunks of <= 96 (the chunk's grad_output vectors stay in L1 for all the
+// thread's items) and owns a fixed range of items; with few items (< 24) the super-chunk's
+// pixels are also split into two fixed halves with their own slots, added in a fixed order at
+// the end. The split depends on the shape only, so each dW element is summed in one fixed order
+// whatever the thread count: bitwise identical run to run and for any number of threads. At
+// the end the slots are transposed into grad_weight (overwritten, every element once).
 #include "conv2d_blocked.h"
 
 #include <algorithm>
@@ -54,6 +60,8 @@ template <>
 struct GwVec<16> { typedef float type __attribute__((vector_size(64))); };
 template <>
 struct GwVec<8> { typedef float type __attribute__((vector_size(32))); };
+template <>
+struct GwVec<4> { typedef float type __attribute__((vector_size(16))); };
 
 // Accumulate pixels [0, np) into the tile's slot `acc_io` (J x E vectors; zero first when
 // `first`). g: grad_output of the first pixel at the tile's first channel block, CP floats
@@ -137,7 +145,7 @@ CNNOPS_INLINE void gw_items(const GwCall& c, int64_t i0, int64_t i1, int64_t p0,
 #define CNNOPS_GW_CASE(VW, J, T, RC) \
   case (J) * 10000 + (T) * 100 + (RC): gw_items<VW, J, T, RC>(c, i0, i1, p0, np, first); break;
 
-CNNOPS_GW_AVX512 void gw_run_avx512(const GwCall& c, int J, int64_t i0, int64_t i1, int64_t p0,
+CNNOPS_GW_AVX512 __attribute__((noinline)) void gw_run_avx512(const GwCall& c, int J, int64_t i0, int64_t i1, int64_t p0,
                                     int64_t np, bool first) {
   switch (J * 10000 + c.T * 100 + c.RC) {
     CNNOPS_GW_CASE(16, 4, 6, 1) CNNOPS_GW_CASE(16, 3, 6, 1) CNNOPS_GW_CASE(16, 2, 6, 1)
@@ -150,7 +158,7 @@ CNNOPS_GW_AVX512 void gw_run_avx512(const GwCall& c, int J, int64_t i0, int64_t 
   }
 }
 
-CNNOPS_GW_AVX2 void gw_run_avx2(const GwCall& c, int J, int64_t i0, int64_t i1, int64_t p0,
+CNNOPS_GW_AVX2 __attribute__((noinline)) void gw_run_avx2(const GwCall& c, int J, int64_t i0, int64_t i1, int64_t p0,
                                 int64_t np, bool first) {
   switch (J * 10000 + c.T * 100 + c.RC) {
     CNNOPS_GW_CASE(8, 2, 6, 1) CNNOPS_GW_CASE(8, 1, 6, 1)
@@ -159,10 +167,10 @@ CNNOPS_GW_AVX2 void gw_run_avx2(const GwCall& c, int J, int64_t i0, int64_t i1, 
   }
 }
 
-void gw_run_baseline(const GwCall& c, int J, int64_t i0, int64_t i1, int64_t p0, int64_t np,
-                     bool first) {
+__attribute__((noinline)) void gw_run_baseline(const GwCall& c, int J, int64_t i0, int64_t i1,
+                                               int64_t p0, int64_t np, bool first) {
   switch (J * 10000 + c.T * 100 + c.RC) {
-    CNNOPS_GW_CASE(8, 1, 6, 1)
+    CNNOPS_GW_CASE(4, 2, 6, 1) CNNOPS_GW_CASE(4, 1, 6, 1)
     default: break;
   }
 }
@@ -239,7 +247,7 @@ constexpr GwShape kGw512[] = {{4, 6, 1, false}, {3, 8, 1, false}, {2, 3, 4, true
                               {1, 4, 6, true},  {1, 8, 1, false}};
 constexpr GwShape kGw2[] = {{2, 6, 1, false}, {1, 3, 4, true}, {1, 2, 6, true},
                             {1, 8, 1, false}};
-constexpr GwShape kGwBase[] = {{1, 6, 1, false}};
+constexpr GwShape kGwBase[] = {{2, 6, 1, false}, {1, 6, 1, false}};
 
 struct GwWorkspace {
   std::vector<float> g, x, slots;
@@ -267,9 +275,9 @@ bool conv2d_grad_weight_blocked_f32(const float* grad_output, const float* input
       s.H <= 0 || s.W <= 0)
     return false;
   const CpuIsa isa = cpu_isa_active();
-  const int VW = isa == CpuIsa::kAvx512 ? 16 : 8;
+  const int VW = isa == CpuIsa::kAvx512 ? 16 : isa == CpuIsa::kAvx2 ? 8 : 4;
   const GwShape* shapes = isa == CpuIsa::kAvx512 ? kGw512 : isa == CpuIsa::kAvx2 ? kGw2 : kGwBase;
-  const int nshapes = isa == CpuIsa::kAvx512 ? 8 : isa == CpuIsa::kAvx2 ? 4 : 1;
+  const int nshapes = isa == CpuIsa::kAvx512 ? 8 : isa == CpuIsa::kAvx2 ? 4 : 2;
   const int Jmax = shapes[0].J;
   GwWorkspace& ws = gw_workspace();
 
@@ -356,10 +364,13 @@ bool conv2d_grad_weight_blocked_f32(const float* grad_output, const float* input
 
   // ---- the batch in super-chunks of `ipc` images, repacked into one of two buffers while
   // the team works on the other: grad_output pixel-major [ipc * OH * OW][CP], the input into
-  // the phase-split copy. A super-chunk's buffers (~384 KiB) stay in L2 for all the items.
+  // the phase-split copy. A super-chunk's buffers (~768 KiB) stay in L2 for all the items;
+  // at least ~2 pixel chunks each, so that the items' setup and slot traffic stay small.
   const int64_t g_image = plane * CP;
-  const int64_t ipc =
-      std::max<int64_t>(1, std::min<int64_t>(s.N, (int64_t(384) << 10) / (4 * (g_image + x_image))));
+  const int64_t chunk_px = std::max<int64_t>(8, kGwChunkBytes / (int64_t(std::min(Jmax, blocks)) * VW * 4));
+  const int64_t ipc = std::max<int64_t>(
+      1, std::min<int64_t>(s.N, std::max<int64_t>((int64_t(768) << 10) / (4 * (g_image + x_image)),
+                                                  ceil_div(2 * chunk_px, plane))));
   const int64_t g_sc = ipc * g_image, x_sc = ipc * x_image + 64 + 16;  // x: slack past the end
   float* gbase = gw_align64(ws.g, 2 * g_sc + 16);
   float* xbase = gw_align64(ws.x, 2 * x_sc + 16);
@@ -442,12 +453,15 @@ bool conv2d_grad_weight_blocked_f32(const float* grad_output, const float* input
     for (int64_t oh = 0; oh < s.OH; ++oh)
       for (int64_t ow = 0; ow < s.OW; ++ow) ws.xo[p++] = n * x_image + (oh * Wq + ow) * XS;
 
-  // ---- items: oc groups (of Jmain blocks, the last narrower) x unit groups
+  // ---- items: oc groups (of Jmain blocks, the last narrower) x unit groups. With few items
+  // the pixels of every super-chunk are also split into `parts` fixed halves, each with its own
+  // slots, added in a fixed order at the end (so that two threads share the work evenly; the
+  // split depends on the shape only, never on the thread count).
   const int64_t ocgroups = ceil_div(blocks, Jmain);
   const int64_t items = ocgroups * groups;
   const int64_t slot_floats = int64_t(Jmain) * E * VW;
-  float* slots = gw_align64(ws.slots, items * slot_floats);
-  const int64_t chunk = std::max<int64_t>(8, kGwChunkBytes / (int64_t(Jmain) * VW * 4));
+  const int64_t parts = items < 24 && ipc * plane >= 2 * 8 ? 2 : 1;
+  float* slots = gw_align64(ws.slots, parts * items * slot_floats);
   const int64_t nsc = ceil_div(s.N, ipc);
 
 #pragma omp parallel if (parallel)
@@ -457,9 +471,10 @@ bool conv2d_grad_weight_blocked_f32(const float* grad_output, const float* input
 #else
     const int64_t nt = 1, tid = 0;
 #endif
-    const int64_t i0 = items * tid / nt, i1 = items * (tid + 1) / nt;
-    // items [i0, i1) split where the oc group's width changes (the last group)
-    const int64_t last0 = (ocgroups - 1) * groups;
+    // this thread's units u = part * items + item, [u0, u1)
+    const int64_t units = parts * items;
+    const int64_t u0 = units * tid / nt, u1 = units * (tid + 1) / nt;
+    const int64_t last0 = (ocgroups - 1) * groups;  // the items of the last (narrower) group
     const int Jlast = blocks - int(ocgroups - 1) * Jmain;
     for (int64_t sc = 0; sc < nsc; ++sc) {
       const int64_t n0 = sc * ipc, nimg = std::min(ipc, s.N - n0);
@@ -475,23 +490,35 @@ bool conv2d_grad_weight_blocked_f32(const float* grad_output, const float* input
           repack_x(n0 + m, icu, xb + m * x_image + icu * chan);
         }
       }
-      GwCall c{gb, CP, xb, ws.xo.data(), ws.uoff.data(), slots, slot_floats, groups, ocgroups,
-               Jmain, blocks, T, RC};
       const int64_t pixels = nimg * plane;
-      for (int64_t p0 = 0; p0 < pixels; p0 += chunk) {
-        const int64_t np = std::min(chunk, pixels - p0);
-        const bool first = sc == 0 && p0 == 0;
-        const int64_t a0 = i0, a1 = std::min(i1, last0), b0 = std::max(i0, last0), b1 = i1;
-        for (int part = 0; part < 2; ++part) {
-          const int64_t lo = part ? b0 : a0, hi = part ? b1 : a1;
-          const int J = part ? Jlast : Jmain;
-          if (lo >= hi) continue;
-          if (isa == CpuIsa::kAvx512) gw_run_avx512(c, J, lo, hi, p0, np, first);
-          else if (isa == CpuIsa::kAvx2) gw_run_avx2(c, J, lo, hi, p0, np, first);
-          else gw_run_baseline(c, J, lo, hi, p0, np, first);
+      for (int64_t h = u0 / items; h < parts && h * items < u1; ++h) {
+        const int64_t ia = std::max<int64_t>(u0 - h * items, 0);
+        const int64_t ib = std::min<int64_t>(u1 - h * items, items);
+        if (ia >= ib) continue;
+        GwCall c{gb, CP, xb, ws.xo.data(), ws.uoff.data(), slots + h * items * slot_floats,
+                 slot_floats, groups, ocgroups, Jmain, blocks, T, RC};
+        // this part's pixels, in chunks of equal size (at most chunk_px)
+        const int64_t q0 = pixels * h / parts, q1 = pixels * (h + 1) / parts;
+        const int64_t nch = ceil_div(q1 - q0, chunk_px);
+        for (int64_t ci = 0; ci < nch; ++ci) {
+          const int64_t p0 = q0 + (q1 - q0) * ci / nch, p1 = q0 + (q1 - q0) * (ci + 1) / nch;
+          const bool first = sc == 0 && ci == 0;
+          const int64_t a0 = ia, a1 = std::min(ib, last0), b0 = std::max(ia, last0), b1 = ib;
+          for (int half = 0; half < 2; ++half) {
+            const int64_t lo = half ? b0 : a0, hi = half ? b1 : a1;
+            const int J = half ? Jlast : Jmain;
+            if (lo >= hi) continue;
+            if (isa == CpuIsa::kAvx512) gw_run_avx512(c, J, lo, hi, p0, p1 - p0, first);
+            else if (isa == CpuIsa::kAvx2) gw_run_avx2(c, J, lo, hi, p0, p1 - p0, first);
+            else gw_run_baseline(c, J, lo, hi, p0, p1 - p0, first);
+          }
         }
       }
     }
+  }
+  for (int64_t h = 1; h < parts; ++h) {  // fixed order: part 0 + part 1 + ...
+    const float* src = slots + h * items * slot_floats;
+    for (int64_t i = 0; i < items * slot_floats; ++i) slots[i] += src[i];
   }
 
   // ---- unpack the slots into grad_weight [C_out][C_in][KH][KW] (every element written
