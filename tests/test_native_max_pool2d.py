@@ -266,21 +266,32 @@ def threads(request):
 @pytest.mark.parametrize("isa", _ISAS)
 @pytest.mark.parametrize("kind", ["randn", "ties", "nan", "minus_inf"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("name", list(ROW_CASES))
-def test_row_kernels_bit_equal(name, dtype, kind, isa, threads, monkeypatch):
+def test_row_kernels_bit_equal(name, layout, dtype, kind, isa, threads, monkeypatch):
+    """NCHW: the row kernels; channels-last: the NHWC kernels (vector over channels), read in
+    place, output and indices channels-last as torch gives them."""
     monkeypatch.setenv("CNNOPS_CPU_ISA", isa)
     shape, kwargs = ROW_CASES[name]
+    if layout == "channels_last":  # channel counts around the vector widths
+        shape = (shape[0], {1: 17, 2: 33, 3: 5, 4: 64}[shape[1]], *shape[2:])
     x = _special_input(shape, dtype, kind, seed=len(name))
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
     want, want_idx = F.max_pool2d(x, **kwargs, return_indices=True)
     got, got_idx = cnnops.max_pool2d(x, **kwargs, return_indices=True, backend="native")
     _assert_indices_equal(got_idx, want_idx)
-    assert torch.equal(_bits(got), _bits(want)), "values differ from torch's bits"
+    assert got.stride() == want.stride() and got_idx.stride() == want_idx.stride()
+    assert torch.equal(_bits(got.contiguous()), _bits(want.contiguous())), \
+        "values differ from torch's bits"
     k, s, p, d = (_pair(kwargs.get(key, default)) for key, default in
                   (("kernel_size", None), ("stride", kwargs["kernel_size"]), ("padding", 0),
                    ("dilation", 1)))
     out_hw = [*pool2d_output_hw(x.shape[-2:], k, s, p, d, kwargs.get("ceil_mode", False))]
     values = torch.ops.cnnops.max_pool2d_values(x, k, s, p, d, out_hw)
-    assert torch.equal(_bits(values), _bits(want)), "values-only op differs from torch's bits"
+    assert values.stride() == want.stride()
+    assert torch.equal(_bits(values.contiguous()), _bits(want.contiguous())), \
+        "values-only op differs from torch's bits"
 
 
 def test_values_only_backend_path():
@@ -315,6 +326,23 @@ def test_values_opcheck_and_grad(shape):
     assert torch.equal(torch.autograd.grad(values, x, grad)[0], torch.autograd.grad(out, x, grad)[0])
     assert torch.autograd.gradcheck(
         lambda t: torch.ops.cnnops.max_pool2d_values(t, *geometry, out_hw), (x,))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 8), (2, 17, 5, 35)])
+def test_channels_last_opcheck(shape):
+    """The fakes give channels-last output and indices for a channels-last CPU input, as the
+    kernels do."""
+    x = _input(shape).detach().contiguous(memory_format=torch.channels_last)
+    geometry, out_hw = _raw_args(x)
+    torch.library.opcheck(torch.ops.cnnops.max_pool2d.default, (x.requires_grad_(), *geometry,
+                                                                out_hw))
+    torch.library.opcheck(torch.ops.cnnops.max_pool2d_values.default,
+                          (x.detach(), *geometry, out_hw))
+    out, idx = torch.ops.cnnops.max_pool2d(x.detach(), *geometry, out_hw)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    assert idx.is_contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.cnnops.max_pool2d_grad_input.default,
+                          (torch.randn_like(out), x.detach(), idx, *geometry))
 
 
 def test_values_empty_batch():

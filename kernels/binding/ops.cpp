@@ -210,6 +210,13 @@ Tensor conv2d_grad_bias(const Tensor& grad_output_) {
 
 // ---- max_pool2d ---------------------------------------------------------------------------
 
+// A CPU input that is dense channels-last and not NCHW-contiguous (the rule of the fakes in
+// cnnops/backends/native.py): max pooling reads it in place and returns channels-last.
+bool reads_channels_last(const Tensor& input) {
+  return input.device().is_cpu() && !input.is_contiguous() &&
+         input.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 std::tuple<Tensor, Tensor> max_pool2d(const Tensor& input_, IntArrayRef kernel_size,
                                       IntArrayRef stride, IntArrayRef padding,
                                       IntArrayRef dilation, c10::SymIntArrayRef output_size) {
@@ -217,8 +224,19 @@ std::tuple<Tensor, Tensor> max_pool2d(const Tensor& input_, IntArrayRef kernel_s
   const Pool2dShape s = pool_shape(input_, kernel_size, stride, padding, dilation,
                                    output_hw(output_size, op), op);
   check_windows_cover_input(s, op);
+  const int64_t N = input_.size(0), C = input_.size(1);
+  if (reads_channels_last(input_)) {  // CPU kernel over NHWC; output and indices channels-last
+    const auto options = input_.options().memory_format(at::MemoryFormat::ChannelsLast);
+    Tensor out = at::empty({N, C, s.OH, s.OW}, options);
+    Tensor indices = at::empty({N, C, s.OH, s.OW}, options.dtype(at::kLong));
+    if (out.numel() == 0) return {out, indices};
+    AT_DISPATCH_FLOATING_TYPES(input_.scalar_type(), op, [&] {
+      max_pool2d_forward_nhwc_cpu(ptr<scalar_t>(input_), mut<scalar_t>(out),
+                                  mut<int64_t>(indices), C, s);
+    });
+    return {out, indices};
+  }
   const Tensor input = input_.contiguous();
-  const int64_t N = input.size(0), C = input.size(1);
   Tensor out = at::empty({N, C, s.OH, s.OW}, input.options());
   Tensor indices = at::empty({N, C, s.OH, s.OW}, input.options().dtype(at::kLong));
   if (out.numel() == 0) return {out, indices};
@@ -241,6 +259,17 @@ Tensor max_pool2d_values(const Tensor& input_, IntArrayRef kernel_size, IntArray
   const Pool2dShape s = pool_shape(input_, kernel_size, stride, padding, dilation,
                                    output_hw(output_size, op), op);
   check_windows_cover_input(s, op);
+  if (reads_channels_last(input_)) {
+    const int64_t C = input_.size(1);
+    Tensor out = at::empty({input_.size(0), C, s.OH, s.OW},
+                           input_.options().memory_format(at::MemoryFormat::ChannelsLast));
+    if (out.numel() == 0) return out;
+    AT_DISPATCH_FLOATING_TYPES(input_.scalar_type(), op, [&] {
+      max_pool2d_forward_nhwc_cpu(ptr<scalar_t>(input_), mut<scalar_t>(out),
+                                  static_cast<int64_t*>(nullptr), C, s);
+    });
+    return out;
+  }
   const Tensor input = input_.contiguous();
   Tensor out = at::empty({input.size(0), input.size(1), s.OH, s.OW}, input.options());
   if (out.numel() == 0) return out;

@@ -206,9 +206,9 @@ struct Avx512<float> {
   }
   static CNNOPS_AVX512_INLINE void store_index(int64_t* p, uint32_t m, IV v) {
     _mm512_mask_storeu_epi64(p, static_cast<__mmask8>(m),
-                             _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)));
+                             _mm512_maskz_cvtepi32_epi64(0xff, _mm512_castsi512_si256(v)));
     _mm512_mask_storeu_epi64(p + 8, static_cast<__mmask8>(m >> 8),
-                             _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1)));
+                             _mm512_maskz_cvtepi32_epi64(0xff, _mm512_extracti64x4_epi64(v, 1)));
   }
 };
 
@@ -243,7 +243,7 @@ struct Avx512<double> {
     _mm512_mask_storeu_pd(p, static_cast<M>(m), v);
   }
   static CNNOPS_AVX512_INLINE void store_index(int64_t* p, uint32_t m, IV v) {
-    _mm512_mask_storeu_epi64(p, static_cast<__mmask8>(m), _mm512_cvtepi32_epi64(v));
+    _mm512_mask_storeu_epi64(p, static_cast<__mmask8>(m), _mm512_maskz_cvtepi32_epi64(0xff, v));
   }
 };
 
@@ -388,6 +388,149 @@ RowFn avx512_row_kernel(const Pool2dShape& s, bool with_indices) {
   return with_indices ? pick_kernel_w<T, 2, true>(s.kernel_w) : pick_kernel_w<T, 2, false>(s.kernel_w);
 }
 #endif  // CNNOPS_POOL_AVX512
+
+// ---- channels-last (NHWC) forward --------------------------------------------------------
+// The vector runs over channels: for one output pixel, every channel's running max and index
+// over the window's in-bounds taps (the window is clipped, so there is no -inf padding), in
+// PyTorch's (kh, kw) order and rules; the index of a tap is the same for every channel.
+// Whole output rows per call (OpenMP over the N * OH rows).
+
+// The portable version (compiled per ISA by target_clones): best / idx of C channels in the
+// output row's own memory (best) and an int32 scratch row (idx), updated tap by tap.
+template <typename T>
+CNNOPS_SIMD_CLONES void max_row_nhwc(const T* __restrict__ in_image, T* __restrict__ out_row,
+                                     int64_t* __restrict__ idx_row, int32_t* __restrict__ tap,
+                                     const Pool2dShape& s, int64_t C, int64_t oh) {
+  int64_t kh_lo, kh_hi;
+  valid_taps(oh, s.H, s.kernel_h, s.stride_h, s.pad_h, s.dil_h, &kh_lo, &kh_hi);
+  const int64_t ih0 = oh * s.stride_h - s.pad_h;
+  for (int64_t ow = 0; ow < s.OW; ++ow) {
+    int64_t kw_lo, kw_hi;
+    valid_taps(ow, s.W, s.kernel_w, s.stride_w, s.pad_w, s.dil_w, &kw_lo, &kw_hi);
+    const int64_t iw0 = ow * s.stride_w - s.pad_w;
+    T* __restrict__ best = out_row + ow * C;
+    const int32_t first = static_cast<int32_t>((ih0 + kh_lo * s.dil_h) * s.W + iw0 + kw_lo * s.dil_w);
+    for (int64_t c = 0; c < C; ++c) {
+      best[c] = -std::numeric_limits<T>::infinity();
+      tap[c] = first;
+    }
+    for (int64_t kh = kh_lo; kh < kh_hi; ++kh) {
+      const int64_t ih = ih0 + kh * s.dil_h;
+      for (int64_t kw = kw_lo; kw < kw_hi; ++kw) {
+        const int64_t iw = iw0 + kw * s.dil_w;
+        const T* __restrict__ v = in_image + (ih * s.W + iw) * C;
+        const int32_t this_tap = static_cast<int32_t>(ih * s.W + iw);
+        for (int64_t c = 0; c < C; ++c) {
+          const bool take = v[c] > best[c] || v[c] != v[c];  // v != v: NaN
+          best[c] = take ? v[c] : best[c];
+          tap[c] = take ? this_tap : tap[c];
+        }
+      }
+    }
+    if (idx_row != nullptr)
+      for (int64_t c = 0; c < C; ++c) idx_row[ow * C + c] = tap[c];
+  }
+}
+
+#ifdef CNNOPS_POOL_AVX512
+// AVX-512: up to 4 vectors of channels (64 floats / 32 doubles) held in registers over the
+// window's taps, then stored once; the last group's vectors are masked.
+template <typename T, bool kIdx>
+CNNOPS_TARGET_AVX512 void max_row_nhwc_avx512(const T* in_image, T* out_row, int64_t* idx_row,
+                                              const Pool2dShape& s, int64_t C, int64_t oh) {
+  using A = Avx512<T>;
+  constexpr int L = A::kLanes, U = 4;
+  int64_t kh_lo, kh_hi;
+  valid_taps(oh, s.H, s.kernel_h, s.stride_h, s.pad_h, s.dil_h, &kh_lo, &kh_hi);
+  const int64_t ih0 = oh * s.stride_h - s.pad_h;
+  const typename A::V ninf = A::set1(-std::numeric_limits<T>::infinity());
+  const uint32_t full = (uint32_t(1) << L) - 1;
+  for (int64_t ow = 0; ow < s.OW; ++ow) {
+    int64_t kw_lo, kw_hi;
+    valid_taps(ow, s.W, s.kernel_w, s.stride_w, s.pad_w, s.dil_w, &kw_lo, &kw_hi);
+    const int64_t iw0 = ow * s.stride_w - s.pad_w;
+    const int32_t first =
+        static_cast<int32_t>((ih0 + kh_lo * s.dil_h) * s.W + iw0 + kw_lo * s.dil_w);
+    for (int64_t c0 = 0; c0 < C; c0 += U * L) {
+      uint32_t mask[U];
+      typename A::V best[U];
+      typename A::IV bidx[U];
+#pragma GCC unroll 4
+      for (int u = 0; u < U; ++u) {
+        const int64_t left = C - c0 - u * L;
+        mask[u] = left >= L ? full : left > 0 ? (uint32_t(1) << left) - 1 : 0;
+        best[u] = ninf;
+        if (kIdx) bidx[u] = A::iset1(first);
+      }
+      for (int64_t kh = kh_lo; kh < kh_hi; ++kh) {
+        const int64_t ih = ih0 + kh * s.dil_h;
+        for (int64_t kw = kw_lo; kw < kw_hi; ++kw) {
+          const int64_t iw = iw0 + kw * s.dil_w;
+          const T* v = in_image + (ih * s.W + iw) * C + c0;
+          typename A::IV cand{};
+          if (kIdx) cand = A::iset1(static_cast<int32_t>(ih * s.W + iw));
+#pragma GCC unroll 4
+          for (int u = 0; u < U; ++u) {
+            const typename A::V x = A::load(ninf, mask[u], v + u * L);
+            if (kIdx) {
+              const auto take = A::take(x, best[u]);
+              best[u] = A::mov(best[u], take, x);
+              bidx[u] = A::imov(bidx[u], take, cand);
+            } else {
+              best[u] = A::max_or_nan(x, best[u]);
+            }
+          }
+        }
+      }
+#pragma GCC unroll 4
+      for (int u = 0; u < U; ++u) {
+        A::store(out_row + ow * C + c0 + u * L, mask[u], best[u]);
+        if (kIdx) A::store_index(idx_row + ow * C + c0 + u * L, mask[u], bidx[u]);
+      }
+    }
+  }
+}
+#endif
+
+}  // namespace
+
+// Channels-last: input (N, H, W, C) dense, output and indices (N, OH, OW, C); indices ==
+// nullptr for the values only. s.planes is N * C.
+template <typename T>
+void max_pool2d_forward_nhwc_cpu(const T* input, T* output, int64_t* indices, int64_t C,
+                                 const Pool2dShape& s) {
+  const int64_t N = C > 0 ? s.planes / C : 0;
+  const int64_t work = s.planes * s.OH * s.OW * s.kernel_h * s.kernel_w;
+  const int64_t in_image = s.H * s.W * C, out_row = s.OW * C;
+  const bool with_indices = indices != nullptr;
+#ifdef CNNOPS_POOL_AVX512
+  if (cpu_isa_active() == CpuIsa::kAvx512 && s.H * s.W < std::numeric_limits<int32_t>::max()) {
+#pragma omp parallel for collapse(2) schedule(static) if (work > kParallelWork)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t oh = 0; oh < s.OH; ++oh) {
+        T* out = output + (n * s.OH + oh) * out_row;
+        if (with_indices)
+          max_row_nhwc_avx512<T, true>(input + n * in_image, out,
+                                       indices + (n * s.OH + oh) * out_row, s, C, oh);
+        else
+          max_row_nhwc_avx512<T, false>(input + n * in_image, out, nullptr, s, C, oh);
+      }
+    return;
+  }
+#endif
+#pragma omp parallel if (work > kParallelWork)
+  {
+    std::vector<int32_t> tap(C);
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t oh = 0; oh < s.OH; ++oh)
+        max_row_nhwc(input + n * in_image, output + (n * s.OH + oh) * out_row,
+                     with_indices ? indices + (n * s.OH + oh) * out_row : nullptr, tap.data(),
+                     s, C, oh);
+  }
+}
+
+namespace {
 }  // namespace
 
 // indices == nullptr: the values only (no index is computed or written).
@@ -448,6 +591,10 @@ void max_pool2d_grad_input_cpu(const T* grad_output, const int64_t* indices, T* 
 template void max_pool2d_forward_cpu<float>(const float*, float*, int64_t*, const Pool2dShape&);
 template void max_pool2d_forward_cpu<double>(const double*, double*, int64_t*,
                                              const Pool2dShape&);
+template void max_pool2d_forward_nhwc_cpu<float>(const float*, float*, int64_t*, int64_t,
+                                                 const Pool2dShape&);
+template void max_pool2d_forward_nhwc_cpu<double>(const double*, double*, int64_t*, int64_t,
+                                                  const Pool2dShape&);
 template void max_pool2d_grad_input_cpu<float>(const float*, const int64_t*, float*,
                                              const Pool2dShape&);
 template void max_pool2d_grad_input_cpu<double>(const double*, const int64_t*, double*,

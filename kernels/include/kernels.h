@@ -28,6 +28,11 @@ void conv2d_grad_bias_cpu(const T* grad_output, T* grad_bias, const Conv2dShape&
 // indices: nullptr for the values only (max_pool2d_values: no index computed or written).
 template <typename T>
 void max_pool2d_forward_cpu(const T* input, T* output, int64_t* indices, const Pool2dShape& s);
+// Channels-last: input (N, H, W, C) dense, output and indices (N, OH, OW, C), s.planes = N * C;
+// indices nullptr for the values only.
+template <typename T>
+void max_pool2d_forward_nhwc_cpu(const T* input, T* output, int64_t* indices, int64_t C,
+                                 const Pool2dShape& s);
 template <typename T>
 void max_pool2d_grad_input_cpu(const T* grad_output, const int64_t* indices, T* grad_input,
                              const Pool2dShape& s);
