@@ -1,6 +1,7 @@
 // conv2d grad_weight on the channel-blocked scheme, float32 (issue 14).
 //
-//   dW[oc, ic, kh, kw] = sum_n sum_{oh, ow} gO[n, oc, oh, ow] * Xpad[n, ic, oh sh + kh dh, ow sw + kw dw]
+//   dW[oc, ic, kh, kw] = sum over n, oh, ow of
+//                        gO[n, oc, oh, ow] * Xpad[n, ic, oh sh + kh dh, ow sw + kw dw]
 //
 // The vector runs over output channels: one register holds VW = 16 (AVX-512), 8 (AVX2) or 4
 // (baseline, SSE2) output channels. A register tile holds J channel blocks x E reduction
@@ -9,8 +10,10 @@
 // loop runs over output pixels: per pixel it loads the J grad_output vectors and broadcasts the
 // E input values under the entries' taps, then does J * E FMAs.
 //
-// The batch goes in super-chunks of images (~768 KiB of repacked data, in L2), each repacked
-// by the whole team into one of two buffers (per calling thread, reused across calls):
+// The pixels (n, oh, ow) of the batch are split into `parts` equal ranges, one per thread
+// (two for one or two threads). A thread walks its range in super-chunks of whole images
+// (~768 KiB of repacked data, in L2), repacked by itself into its own buffers (per thread,
+// reused across calls):
 //  * grad_output, NCHW -> pixel-major [images][OH OW][CP] (CP = C_out rounded up to 16, zero
 //    lanes): the J vectors of a pixel are consecutive, one pointer;
 //  * the input into the zero-padded, stride-phase-split copy of the forward
@@ -27,13 +30,15 @@
 // cannot turn into a NaN through a zero gradient.
 //
 // Work split and determinism: a work item is (J channel blocks, one group of T units); its
-// accumulators live in a per-item slot between pixel chunks. Every thread walks the pixels of
-// each super-chunk in chunks of <= 96 (the chunk's grad_output vectors stay in L1 for all the
-// thread's items) and owns a fixed range of items; with few items (< 24) the super-chunk's
-// pixels are also split into two fixed halves with their own slots, added in a fixed order at
-// the end. The split depends on the shape only, so each dW element is summed in one fixed order
-// whatever the thread count: bitwise identical run to run and for any number of threads. At
-// the end the slots are transposed into grad_weight (overwritten, every element once).
+// accumulators live in a per-item slot between pixel chunks of <= 96 pixels (the chunk's
+// grad_output vectors stay in L1 for all the items). Each part has its own slots, added in
+// part order when they are transposed into grad_weight (overwritten, every element once). The
+// number of parts is 2 for 1 or 2 threads, so each dW element is summed in one fixed order:
+// bitwise identical run to run and for 1 and 2 threads (with T > 2 threads there are T parts:
+// deterministic for a given T). No barrier until the end: an earlier version split the items
+// between the threads and shared each super-chunk, with a barrier per super-chunk: with other
+// processes on the cores, 2 threads took 130 ms on the ResNet stem (4 ms on idle cores; torch
+// 24-36 ms there). An image split between two parts is repacked by both.
 #include "conv2d_blocked.h"
 
 #include <algorithm>
@@ -145,8 +150,9 @@ CNNOPS_INLINE void gw_items(const GwCall& c, int64_t i0, int64_t i1, int64_t p0,
 #define CNNOPS_GW_CASE(VW, J, T, RC) \
   case (J) * 10000 + (T) * 100 + (RC): gw_items<VW, J, T, RC>(c, i0, i1, p0, np, first); break;
 
-CNNOPS_GW_AVX512 __attribute__((noinline)) void gw_run_avx512(const GwCall& c, int J, int64_t i0, int64_t i1, int64_t p0,
-                                    int64_t np, bool first) {
+CNNOPS_GW_AVX512 __attribute__((noinline)) void gw_run_avx512(const GwCall& c, int J, int64_t i0,
+                                                              int64_t i1, int64_t p0, int64_t np,
+                                                              bool first) {
   switch (J * 10000 + c.T * 100 + c.RC) {
     CNNOPS_GW_CASE(16, 4, 6, 1) CNNOPS_GW_CASE(16, 3, 6, 1) CNNOPS_GW_CASE(16, 2, 6, 1)
     CNNOPS_GW_CASE(16, 1, 6, 1)
@@ -158,8 +164,9 @@ CNNOPS_GW_AVX512 __attribute__((noinline)) void gw_run_avx512(const GwCall& c, i
   }
 }
 
-CNNOPS_GW_AVX2 __attribute__((noinline)) void gw_run_avx2(const GwCall& c, int J, int64_t i0, int64_t i1, int64_t p0,
-                                int64_t np, bool first) {
+CNNOPS_GW_AVX2 __attribute__((noinline)) void gw_run_avx2(const GwCall& c, int J, int64_t i0,
+                                                          int64_t i1, int64_t p0, int64_t np,
+                                                          bool first) {
   switch (J * 10000 + c.T * 100 + c.RC) {
     CNNOPS_GW_CASE(8, 2, 6, 1) CNNOPS_GW_CASE(8, 1, 6, 1)
     CNNOPS_GW_CASE(8, 1, 3, 4) CNNOPS_GW_CASE(8, 1, 2, 6) CNNOPS_GW_CASE(8, 1, 8, 1)
@@ -180,10 +187,28 @@ __attribute__((noinline)) void gw_run_baseline(const GwCall& c, int J, int64_t i
 // 16 x 16 transposes for the repacks (a scalar 16-stream gather runs at ~1 ns a float):
 // dst[i * dst_stride + l] = src[l][i * SW], i, l < 16. SW = 2 takes the even floats of 32.
 #ifdef CNNOPS_GW_X86
+// The masked forms with an all-ones mask: the plain ones pass _mm512_undefined_ps(), which
+// GCC 12 reports as used uninitialized.
+CNNOPS_GW_AVX512 CNNOPS_INLINE __m512 gw_unpacklo(__m512 a, __m512 b) {
+  return _mm512_mask_unpacklo_ps(a, 0xFFFF, a, b);
+}
+CNNOPS_GW_AVX512 CNNOPS_INLINE __m512 gw_unpackhi(__m512 a, __m512 b) {
+  return _mm512_mask_unpackhi_ps(a, 0xFFFF, a, b);
+}
+template <int IMM>
+CNNOPS_GW_AVX512 CNNOPS_INLINE __m512 gw_shuffle(__m512 a, __m512 b) {
+  return _mm512_mask_shuffle_ps(a, 0xFFFF, a, b, IMM);
+}
+template <int IMM>
+CNNOPS_GW_AVX512 CNNOPS_INLINE __m512 gw_shuffle128(__m512 a, __m512 b) {
+  return _mm512_mask_shuffle_f32x4(a, 0xFFFF, a, b, IMM);
+}
+
 template <int SW>
 CNNOPS_GW_AVX512 void gw_transpose16(const float* const* src, float* dst, int64_t dst_stride) {
   __m512 r[16], t[16];
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i even =
+      _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
 #pragma GCC unroll 16
   for (int l = 0; l < 16; ++l) {
     if (SW == 1) r[l] = _mm512_loadu_ps(src[l]);
@@ -191,27 +216,27 @@ CNNOPS_GW_AVX512 void gw_transpose16(const float* const* src, float* dst, int64_
   }
 #pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i] = gw_unpacklo(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = gw_unpackhi(r[2 * i], r[2 * i + 1]);
   }
 #pragma GCC unroll 4
   for (int i = 0; i < 4; ++i) {
-    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
-    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
-    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    r[4 * i + 0] = gw_shuffle<0x44>(t[4 * i + 0], t[4 * i + 2]);
+    r[4 * i + 1] = gw_shuffle<0xEE>(t[4 * i + 0], t[4 * i + 2]);
+    r[4 * i + 2] = gw_shuffle<0x44>(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = gw_shuffle<0xEE>(t[4 * i + 1], t[4 * i + 3]);
   }
 #pragma GCC unroll 2
   for (int h = 0; h < 2; ++h)
 #pragma GCC unroll 4
     for (int i = 0; i < 4; ++i) {
-      t[8 * h + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + 4 + i], 0x88);
-      t[8 * h + 4 + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + 4 + i], 0xDD);
+      t[8 * h + i] = gw_shuffle128<0x88>(r[8 * h + i], r[8 * h + 4 + i]);
+      t[8 * h + 4 + i] = gw_shuffle128<0xDD>(r[8 * h + i], r[8 * h + 4 + i]);
     }
 #pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) {
-    r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
-    r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xDD);
+    r[i] = gw_shuffle128<0x88>(t[i], t[8 + i]);
+    r[8 + i] = gw_shuffle128<0xDD>(t[i], t[8 + i]);
   }
 #pragma GCC unroll 16
   for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * dst_stride, r[i]);
@@ -362,21 +387,17 @@ bool conv2d_grad_weight_blocked_f32(const float* grad_output, const float* input
     for (; u < groups * T; ++u) ws.uoff[u] = ws.uoff[0];  // padding units: read, dropped
   }
 
-  // ---- the batch in super-chunks of `ipc` images, repacked into one of two buffers while
-  // the team works on the other: grad_output pixel-major [ipc * OH * OW][CP], the input into
-  // the phase-split copy. A super-chunk's buffers (~768 KiB) stay in L2 for all the items;
-  // at least ~2 pixel chunks each, so that the items' setup and slot traffic stay small.
+  // ---- super-chunks of `ipc` images, repacked by the thread that works on them into its own
+  // buffers: grad_output pixel-major [ipc * OH * OW][CP], the input into the phase-split copy.
+  // ~768 KiB, so that they stay in L2 for all the items; at least ~2 pixel chunks, so that the
+  // items' setup and slot traffic stay small.
   const int64_t g_image = plane * CP;
-  const int64_t chunk_px = std::max<int64_t>(8, kGwChunkBytes / (int64_t(std::min(Jmax, blocks)) * VW * 4));
+  const int64_t chunk_px =
+      std::max<int64_t>(8, kGwChunkBytes / (int64_t(std::min(Jmax, blocks)) * VW * 4));
   const int64_t ipc = std::max<int64_t>(
       1, std::min<int64_t>(s.N, std::max<int64_t>((int64_t(768) << 10) / (4 * (g_image + x_image)),
                                                   ceil_div(2 * chunk_px, plane))));
   const int64_t g_sc = ipc * g_image, x_sc = ipc * x_image + 64 + 16;  // x: slack past the end
-  float* gbase = gw_align64(ws.g, 2 * g_sc + 16);
-  float* xbase = gw_align64(ws.x, 2 * x_sc + 16);
-  float* gbuf[2] = {gbase, gbase + ((g_sc + 15) & ~int64_t(15))};
-  float* xbuf[2] = {xbase, xbase + ((x_sc + 15) & ~int64_t(15))};
-  for (int b = 0; b < 2; ++b) std::fill(xbuf[b] + ipc * x_image, xbuf[b] + x_sc, 0.0f);
   const bool vec = isa == CpuIsa::kAvx512;
   const int64_t gblocks = CP / 16;
 
@@ -453,73 +474,79 @@ bool conv2d_grad_weight_blocked_f32(const float* grad_output, const float* input
     for (int64_t oh = 0; oh < s.OH; ++oh)
       for (int64_t ow = 0; ow < s.OW; ++ow) ws.xo[p++] = n * x_image + (oh * Wq + ow) * XS;
 
-  // ---- items: oc groups (of Jmain blocks, the last narrower) x unit groups. With few items
-  // the pixels of every super-chunk are also split into `parts` fixed halves, each with its own
-  // slots, added in a fixed order at the end (so that two threads share the work evenly; the
-  // split depends on the shape only, never on the thread count).
+  // ---- items: oc groups (of Jmain blocks, the last narrower) x unit groups
   const int64_t ocgroups = ceil_div(blocks, Jmain);
   const int64_t items = ocgroups * groups;
   const int64_t slot_floats = int64_t(Jmain) * E * VW;
-  const int64_t parts = items < 24 && ipc * plane >= 2 * 8 ? 2 : 1;
-  float* slots = gw_align64(ws.slots, parts * items * slot_floats);
-  const int64_t nsc = ceil_div(s.N, ipc);
+  const int64_t last0 = (ocgroups - 1) * groups;  // the items of the last (narrower) group
+  const int Jlast = blocks - int(ocgroups - 1) * Jmain;
 
-#pragma omp parallel if (parallel)
-  {
+  // ---- the pixels (n, oh, ow) in `parts` equal ranges, one per thread, each summed into its
+  // own slots; the slots are added in part order at the end. Two parts for 1 or 2 threads (so
+  // the bits do not depend on which), one per thread beyond, fewer if their slots would take
+  // more than 64 MiB; one part for small layers (a single thread). Each thread repacks what it
+  // works on: no barrier until the end (a barrier per super-chunk made the call 30x slower when
+  // other processes share the cores).
+  const int64_t total_px = s.N * plane;
+  int64_t parts = 1;
+  if (parallel && total_px >= 2 * 8) {
 #ifdef _OPENMP
-    const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    parts = std::max<int64_t>(2, omp_get_max_threads());
 #else
-    const int64_t nt = 1, tid = 0;
+    parts = 2;
 #endif
-    // this thread's units u = part * items + item, [u0, u1)
-    const int64_t units = parts * items;
-    const int64_t u0 = units * tid / nt, u1 = units * (tid + 1) / nt;
-    const int64_t last0 = (ocgroups - 1) * groups;  // the items of the last (narrower) group
-    const int Jlast = blocks - int(ocgroups - 1) * Jmain;
-    for (int64_t sc = 0; sc < nsc; ++sc) {
-      const int64_t n0 = sc * ipc, nimg = std::min(ipc, s.N - n0);
-      float* gb = gbuf[sc & 1];
-      float* xb = xbuf[sc & 1];
-      // the implicit barrier of this loop also tells that every thread is done with the
-      // other buffer (super-chunk sc - 1 was repacked into it after sc - 2's barrier)
-#pragma omp for schedule(static)
-      for (int64_t w = 0; w < nimg * (gblocks + cunits); ++w) {
-        if (w < nimg * gblocks) repack_g(n0 + w / gblocks, w % gblocks, gb + (w / gblocks) * g_image);
-        else {
-          const int64_t v = w - nimg * gblocks, m = v / cunits, icu = v % cunits;
+    const int64_t cap = std::max<int64_t>(2, (int64_t(64) << 20) / (4 * items * slot_floats));
+    parts = std::min({parts, cap, total_px / 8});
+  }
+  float* slots = gw_align64(ws.slots, parts * items * slot_floats);
+  const int64_t* xo = ws.xo.data();
+  const int64_t* uoff = ws.uoff.data();
+
+  auto run_part = [&](int64_t h) {
+    const int64_t A = total_px * h / parts, B = total_px * (h + 1) / parts;
+    if (A >= B) return;
+    GwWorkspace& own = gw_workspace();  // this thread's buffers
+    float* gb = gw_align64(own.g, g_sc);
+    float* xb = gw_align64(own.x, x_sc);
+    std::fill(xb + ipc * x_image, xb + x_sc, 0.0f);
+    float* part_slots = slots + h * items * slot_floats;
+    bool first = true;
+    for (int64_t n0 = A / plane; n0 * plane < B; n0 += ipc) {
+      const int64_t nimg = std::min(ipc, s.N - n0);
+      for (int64_t m = 0; m < nimg; ++m) {
+        for (int64_t ob = 0; ob < gblocks; ++ob) repack_g(n0 + m, ob, gb + m * g_image);
+        for (int64_t icu = 0; icu < cunits; ++icu)
           repack_x(n0 + m, icu, xb + m * x_image + icu * chan);
-        }
       }
-      const int64_t pixels = nimg * plane;
-      for (int64_t h = u0 / items; h < parts && h * items < u1; ++h) {
-        const int64_t ia = std::max<int64_t>(u0 - h * items, 0);
-        const int64_t ib = std::min<int64_t>(u1 - h * items, items);
-        if (ia >= ib) continue;
-        GwCall c{gb, CP, xb, ws.xo.data(), ws.uoff.data(), slots + h * items * slot_floats,
-                 slot_floats, groups, ocgroups, Jmain, blocks, T, RC};
-        // this part's pixels, in chunks of equal size (at most chunk_px)
-        const int64_t q0 = pixels * h / parts, q1 = pixels * (h + 1) / parts;
-        const int64_t nch = ceil_div(q1 - q0, chunk_px);
-        for (int64_t ci = 0; ci < nch; ++ci) {
-          const int64_t p0 = q0 + (q1 - q0) * ci / nch, p1 = q0 + (q1 - q0) * (ci + 1) / nch;
-          const bool first = sc == 0 && ci == 0;
-          const int64_t a0 = ia, a1 = std::min(ib, last0), b0 = std::max(ia, last0), b1 = ib;
-          for (int half = 0; half < 2; ++half) {
-            const int64_t lo = half ? b0 : a0, hi = half ? b1 : a1;
-            const int J = half ? Jlast : Jmain;
-            if (lo >= hi) continue;
-            if (isa == CpuIsa::kAvx512) gw_run_avx512(c, J, lo, hi, p0, p1 - p0, first);
-            else if (isa == CpuIsa::kAvx2) gw_run_avx2(c, J, lo, hi, p0, p1 - p0, first);
-            else gw_run_baseline(c, J, lo, hi, p0, p1 - p0, first);
-          }
+      GwCall c{gb,     CP,       xb,    xo,     uoff, part_slots, slot_floats,
+               groups, ocgroups, Jmain, blocks, T,    RC};
+      // this part's pixels of the super-chunk, in chunks of equal size (at most chunk_px)
+      const int64_t q0 = std::max(A, n0 * plane) - n0 * plane;
+      const int64_t q1 = std::min(B, (n0 + nimg) * plane) - n0 * plane;
+      const int64_t nch = ceil_div(q1 - q0, chunk_px);
+      for (int64_t ci = 0; ci < nch; ++ci, first = false) {
+        const int64_t p0 = q0 + (q1 - q0) * ci / nch, p1 = q0 + (q1 - q0) * (ci + 1) / nch;
+        for (int half = 0; half < 2; ++half) {
+          const int64_t lo = half ? last0 : 0, hi = half ? items : last0;
+          const int J = half ? Jlast : Jmain;
+          if (lo >= hi) continue;
+          if (isa == CpuIsa::kAvx512) gw_run_avx512(c, J, lo, hi, p0, p1 - p0, first);
+          else if (isa == CpuIsa::kAvx2) gw_run_avx2(c, J, lo, hi, p0, p1 - p0, first);
+          else gw_run_baseline(c, J, lo, hi, p0, p1 - p0, first);
         }
       }
     }
-  }
-  for (int64_t h = 1; h < parts; ++h) {  // fixed order: part 0 + part 1 + ...
-    const float* src = slots + h * items * slot_floats;
-    for (int64_t i = 0; i < items * slot_floats; ++i) slots[i] += src[i];
-  }
+    // large one-off layers should not hold their buffers for the life of the thread
+    if (own.x.capacity() * sizeof(float) > (size_t(64) << 20)) std::vector<float>().swap(own.x);
+    if (own.g.capacity() * sizeof(float) > (size_t(64) << 20)) std::vector<float>().swap(own.g);
+  };
+#ifdef _OPENMP
+  const int team = static_cast<int>(std::min<int64_t>(parts, omp_get_max_threads()));
+#else
+  const int team = 1;
+#endif
+#pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
+  for (int64_t h = 0; h < parts; ++h) run_part(h);
 
   // ---- unpack the slots into grad_weight [C_out][C_in][KH][KW] (every element written
   // once): per 16 output channels x 16 filter indices, a transpose
@@ -535,7 +562,15 @@ bool conv2d_grad_weight_blocked_f32(const float* grad_output, const float* input
     const float* region = slots + ocg * groups * slot_floats + j * E * VW;
     const int lanes = static_cast<int>(std::min<int64_t>(VW, s.C_out - ob * VW));
     const float* src[16];
-    for (int64_t kk = 0; kk < kn; ++kk) src[kk] = region + kpos[k0 + kk];
+    alignas(64) float sum[16][16];
+    for (int64_t kk = 0; kk < kn; ++kk) {
+      src[kk] = region + kpos[k0 + kk];
+      if (parts == 1) continue;
+      for (int l = 0; l < VW; ++l) sum[kk][l] = src[kk][l];
+      for (int64_t h = 1; h < parts; ++h)  // fixed order: part 0 + part 1 + ...
+        for (int l = 0; l < VW; ++l) sum[kk][l] += src[kk][h * items * slot_floats + l];
+      src[kk] = sum[kk];
+    }
     float* dst = grad_weight + ob * VW * K + k0;
 #ifdef CNNOPS_GW_X86
     if (vec && VW == 16 && lanes == 16 && kn == 16) {
@@ -546,10 +581,6 @@ bool conv2d_grad_weight_blocked_f32(const float* grad_output, const float* input
     for (int l = 0; l < lanes; ++l)
       for (int64_t kk = 0; kk < kn; ++kk) dst[l * K + kk] = src[kk][l];
   }
-  // The buffers are kept for the next call, unless large (a big one-off layer should not hold
-  // them for the life of the thread).
-  if (ws.x.capacity() * sizeof(float) > (size_t(64) << 20)) std::vector<float>().swap(ws.x);
-  if (ws.g.capacity() * sizeof(float) > (size_t(64) << 20)) std::vector<float>().swap(ws.g);
   if (ws.slots.capacity() * sizeof(float) > (size_t(64) << 20)) std::vector<float>().swap(ws.slots);
   return true;
 }
