@@ -191,9 +191,9 @@ def test_cuda_opcheck():
 
 
 # ---- the row kernels per instruction set (issue 14) -----------------------------------------
-# kernels/cpu/max_pool2d.cpp runs an AVX-512 row kernel (stride_w 1 or 2; masked chunks of 16
-# floats / 8 doubles along the output row, borders included) and a portable one (AVX2,
-# baseline, other strides), picked per call by CNNOPS_CPU_ISA. Each must give torch's values
+# kernels/cpu/max_pool2d.cpp runs an AVX-512 or AVX2 row kernel (stride_w 1 or 2; masked chunks
+# of 16 / 8 floats along the output row, borders included) and a portable one (baseline,
+# other strides), picked per call by CNNOPS_CPU_ISA. Each must give torch's values
 # and indices bit for bit, with and without indices (max_pool2d_values), at 1 and 2 threads.
 
 def _cpu_flags():

@@ -5,12 +5,14 @@
 // running maximum when it is greater or NaN (so a NaN in the window wins and the last NaN's
 // index is kept), and an all -inf window reports its first in-bounds element.
 //
-// - AVX-512 (when cpu_isa_active() is kAvx512 and stride_w is 1 or 2; issue 14): the vector
-//   runs along the output row, every output of the row (borders included) in masked chunks of
-//   16 floats / 8 doubles, the stride-2 taps deinterleaved by vpermt2ps/pd; the running max
-//   and index live in registers and are written once. Without indices (indices == nullptr,
-//   the op max_pool2d_values) the update is one masked vmaxps per tap. See max_row_avx512.
-// - Otherwise (AVX2, baseline, stride_w > 2) the portable kernel below, compiled per ISA by
+// - AVX-512 / AVX2 (as cpu_isa_active() says, stride_w 1 or 2; issue 14): the vector runs
+//   along the output row, every output of the row (borders included) in masked chunks of
+//   16 floats / 8 doubles (AVX2: 8 / 4), the stride-2 taps deinterleaved by vpermt2ps/pd
+//   (AVX2: vshufps/vunpcklpd + vpermpd); the running max and index live in registers and are
+//   written once. Without indices (indices == nullptr, the op max_pool2d_values) the update
+//   is one masked vmaxps per tap. See max_row_avx512 / max_row_avx2.
+// - Channels-last input: max_pool2d_forward_nhwc_cpu, the vector over channels.
+// - Otherwise (baseline, stride_w > 2) the portable kernel below, compiled per ISA by
 //   target_clones: one output row at a time, its interior (outputs whose window lies inside
 //   the row along W) in chunks of 16 floats / 8 doubles: each chunk keeps its running maxima
 //   and winning taps over every tap (kh, kw) and is stored once, so the loop over the chunk
@@ -169,7 +171,7 @@ CNNOPS_SIMD_CLONES void max_pool_row(const T* in_plane, T* out_row, int64_t* idx
 // element (an all -inf window reports it). Without indices the update is one masked vmaxps
 // (v > best ? v : best; a NaN best stays; a NaN v is taken by the mask of ordered lanes).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CNNOPS_POOL_AVX512 1
+#define CNNOPS_POOL_X86 1
 #define CNNOPS_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
 #define CNNOPS_AVX512_INLINE CNNOPS_TARGET_AVX512 inline __attribute__((always_inline))
 
@@ -257,6 +259,19 @@ struct RowPlan {
   std::vector<uint32_t> store_mask;
   std::vector<uint32_t> load_mask;  // [chunk][kw][2]: (lo, hi) of stride 2; stride 1 uses lo
   std::vector<int32_t> first_col, start_col;  // [chunk][lane]
+  // AVX2: the masks as vectors, [..][lane] of 0 / -1 (int32 lanes for float, int64 for double)
+  std::vector<int32_t> lane_load32, lane_store32;
+  std::vector<int64_t> lane_load64, lane_store64;
+  template <typename MI>
+  const MI* lane_load() const {
+    if constexpr (sizeof(MI) == 4) return lane_load32.data();
+    else return lane_load64.data();
+  }
+  template <typename MI>
+  const MI* lane_store() const {
+    if constexpr (sizeof(MI) == 4) return lane_store32.data();
+    else return lane_store64.data();
+  }
 };
 
 // Bits i in [0, n) of a mask whose lane i reads column c + i, set where 0 <= c + i < W.
@@ -358,6 +373,173 @@ CNNOPS_TARGET_AVX512 void max_row_avx512(const T* in_plane, T* out_row, int64_t*
 
 using RowFn = void (*)(const void*, void*, int64_t*, const RowPlan&, const Pool2dShape&, int64_t);
 
+// ---- AVX2 row kernel (the same scheme as the AVX-512 one, 8 floats / 4 doubles) ------------
+// Masked loads are vmaskmovps/pd (0 in masked lanes, no fault) blended with -inf; the stride-2
+// taps are deinterleaved by vshufps + vpermpd (float) or vunpcklpd + vpermpd (double); the
+// masks are vectors (RowPlan::lane_mask*). float indices are int32 lanes widened at the store,
+// double indices int64 lanes.
+#define CNNOPS_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define CNNOPS_AVX2_INLINE CNNOPS_TARGET_AVX2 inline __attribute__((always_inline))
+
+template <typename T>
+struct Avx2;
+
+template <>
+struct Avx2<float> {
+  static constexpr int kLanes = 8;
+  using V = __m256;
+  using IV = __m256i;
+  using MI = int32_t;  // lane mask element
+  static CNNOPS_AVX2_INLINE V set1(float x) { return _mm256_set1_ps(x); }
+  static CNNOPS_AVX2_INLINE IV mask(const int32_t* m) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m));
+  }
+  static CNNOPS_AVX2_INLINE V load(V ninf, IV m, const float* p) {
+    return _mm256_blendv_ps(ninf, _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
+  }
+  static CNNOPS_AVX2_INLINE V even(V lo, V hi) {
+    const V sh = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(sh), _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+  static CNNOPS_AVX2_INLINE V take(V v, V best) {
+    return _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+  static CNNOPS_AVX2_INLINE V sel(V a, V b, V m) { return _mm256_blendv_ps(a, b, m); }
+  static CNNOPS_AVX2_INLINE IV isel(IV a, IV b, V m) {
+    return _mm256_castps_si256(
+        _mm256_blendv_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), m));
+  }
+  static CNNOPS_AVX2_INLINE V max_or_nan(V v, V best) {
+    return _mm256_blendv_ps(_mm256_max_ps(v, best), v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+  static CNNOPS_AVX2_INLINE IV iset1(int64_t x) { return _mm256_set1_epi32(static_cast<int32_t>(x)); }
+  static CNNOPS_AVX2_INLINE IV iload(const int32_t* p) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
+  static CNNOPS_AVX2_INLINE IV iadd(IV a, IV b) { return _mm256_add_epi32(a, b); }
+  static CNNOPS_AVX2_INLINE void store(float* p, IV m, V v) { _mm256_maskstore_ps(p, m, v); }
+  static CNNOPS_AVX2_INLINE void store_index(int64_t* p, IV m, IV v) {
+    const __m256i m_lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(m));
+    const __m256i m_hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(m, 1));
+    _mm256_maskstore_epi64(reinterpret_cast<long long*>(p), m_lo,
+                           _mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)));
+    _mm256_maskstore_epi64(reinterpret_cast<long long*>(p + 4), m_hi,
+                           _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1)));
+  }
+};
+
+template <>
+struct Avx2<double> {
+  static constexpr int kLanes = 4;
+  using V = __m256d;
+  using IV = __m256i;  // int64 lanes
+  using MI = int64_t;
+  static CNNOPS_AVX2_INLINE V set1(double x) { return _mm256_set1_pd(x); }
+  static CNNOPS_AVX2_INLINE IV mask(const int64_t* m) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m));
+  }
+  static CNNOPS_AVX2_INLINE V load(V ninf, IV m, const double* p) {
+    return _mm256_blendv_pd(ninf, _mm256_maskload_pd(p, m), _mm256_castsi256_pd(m));
+  }
+  static CNNOPS_AVX2_INLINE V even(V lo, V hi) {
+    return _mm256_permute4x64_pd(_mm256_unpacklo_pd(lo, hi), _MM_SHUFFLE(3, 1, 2, 0));
+  }
+  static CNNOPS_AVX2_INLINE V take(V v, V best) {
+    return _mm256_or_pd(_mm256_cmp_pd(v, best, _CMP_GT_OQ), _mm256_cmp_pd(v, v, _CMP_UNORD_Q));
+  }
+  static CNNOPS_AVX2_INLINE V sel(V a, V b, V m) { return _mm256_blendv_pd(a, b, m); }
+  static CNNOPS_AVX2_INLINE IV isel(IV a, IV b, V m) {
+    return _mm256_castpd_si256(
+        _mm256_blendv_pd(_mm256_castsi256_pd(a), _mm256_castsi256_pd(b), m));
+  }
+  static CNNOPS_AVX2_INLINE V max_or_nan(V v, V best) {
+    return _mm256_blendv_pd(_mm256_max_pd(v, best), v, _mm256_cmp_pd(v, v, _CMP_UNORD_Q));
+  }
+  static CNNOPS_AVX2_INLINE IV iset1(int64_t x) { return _mm256_set1_epi64x(x); }
+  static CNNOPS_AVX2_INLINE IV iload(const int32_t* p) {
+    return _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static CNNOPS_AVX2_INLINE IV iadd(IV a, IV b) { return _mm256_add_epi64(a, b); }
+  static CNNOPS_AVX2_INLINE void store(double* p, IV m, V v) { _mm256_maskstore_pd(p, m, v); }
+  static CNNOPS_AVX2_INLINE void store_index(int64_t* p, IV m, IV v) {
+    _mm256_maskstore_epi64(reinterpret_cast<long long*>(p), m, v);
+  }
+};
+
+// The vector masks of a plan's bit masks (AVX2 has no mask registers).
+template <typename MI>
+void expand_masks(const RowPlan& p, std::vector<MI>& load, std::vector<MI>& store) {
+  const int L = p.lanes;
+  load.assign(p.load_mask.size() * L, 0);
+  for (size_t i = 0; i < p.load_mask.size(); ++i)
+    for (int j = 0; j < L; ++j) load[i * L + j] = (p.load_mask[i] >> j) & 1 ? MI(-1) : MI(0);
+  store.assign(p.store_mask.size() * L, 0);
+  for (size_t i = 0; i < p.store_mask.size(); ++i)
+    for (int j = 0; j < L; ++j) store[i * L + j] = (p.store_mask[i] >> j) & 1 ? MI(-1) : MI(0);
+}
+
+template <typename T, int kS, int kK, bool kIdx>
+CNNOPS_TARGET_AVX2 void max_row_avx2(const T* in_plane, T* out_row, int64_t* idx_row,
+                                     const RowPlan& p, const Pool2dShape& s, int64_t oh) {
+  using A = Avx2<T>;
+  using MI = typename A::MI;
+  constexpr int L = A::kLanes;
+  const MI* lane_load = p.template lane_load<MI>();
+  const MI* lane_store = p.template lane_store<MI>();
+  const int64_t KW = kK ? kK : s.kernel_w;
+  int64_t kh_lo, kh_hi;
+  valid_taps(oh, s.H, s.kernel_h, s.stride_h, s.pad_h, s.dil_h, &kh_lo, &kh_hi);
+  const int64_t ih0 = oh * s.stride_h - s.pad_h;
+  const int64_t W = s.W, dw = s.dil_w;
+  const typename A::V ninf = A::set1(-std::numeric_limits<T>::infinity());
+  const typename A::IV step = A::iset1(dw);
+  const int64_t chunks = static_cast<int64_t>(p.ow0.size());
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t ow0 = p.ow0[c];
+    const MI* mask = lane_load + c * KW * 2 * L;
+    typename A::V best = ninf;
+    typename A::IV best_idx{}, start{};
+    if (kIdx) {
+      best_idx = A::iadd(A::iload(p.first_col.data() + c * L),
+                         A::iset1((ih0 + kh_lo * s.dil_h) * W));
+      start = A::iload(p.start_col.data() + c * L);
+    }
+    for (int64_t kh = kh_lo; kh < kh_hi; ++kh) {
+      const int64_t ih = ih0 + kh * s.dil_h;
+      const T* row = in_plane + ih * W + ow0 * kS - s.pad_w;
+      typename A::IV cand{};
+      if (kIdx) cand = A::iadd(start, A::iset1(ih * W));
+#pragma GCC unroll 4
+      for (int64_t kw = 0; kw < KW; ++kw) {
+        const T* q = row + kw * dw;
+        typename A::V v;
+        if (kS == 1) v = A::load(ninf, A::mask(mask + 2 * kw * L), q);
+        else v = A::even(A::load(ninf, A::mask(mask + 2 * kw * L), q),
+                         A::load(ninf, A::mask(mask + (2 * kw + 1) * L), q + L));
+        if (kIdx) {
+          const typename A::V take = A::take(v, best);
+          best = A::sel(best, v, take);
+          best_idx = A::isel(best_idx, cand, take);
+          cand = A::iadd(cand, step);
+        } else {
+          best = A::max_or_nan(v, best);
+        }
+      }
+    }
+    const typename A::IV smask = A::mask(lane_store + c * L);
+    A::store(out_row + ow0, smask, best);
+    if (kIdx) A::store_index(idx_row + ow0, smask, best_idx);
+  }
+}
+
+template <typename T, int kS, int kK, bool kIdx>
+void max_row_avx2_erased(const void* in_plane, void* out_row, int64_t* idx_row,
+                         const RowPlan& p, const Pool2dShape& s, int64_t oh) {
+  max_row_avx2<T, kS, kK, kIdx>(static_cast<const T*>(in_plane), static_cast<T*>(out_row),
+                                idx_row, p, s, oh);
+}
+
+
 template <typename T, int kS, int kK, bool kIdx>
 void max_row_avx512_erased(const void* in_plane, void* out_row, int64_t* idx_row,
                            const RowPlan& p, const Pool2dShape& s, int64_t oh) {
@@ -366,28 +548,38 @@ void max_row_avx512_erased(const void* in_plane, void* out_row, int64_t* idx_row
 }
 
 template <typename T, int kS, bool kIdx>
-RowFn pick_kernel_w(int64_t kw) {
-  if (kw == 2) return &max_row_avx512_erased<T, kS, 2, kIdx>;
-  if (kw == 3) return &max_row_avx512_erased<T, kS, 3, kIdx>;
-  return &max_row_avx512_erased<T, kS, 0, kIdx>;
+RowFn pick_kernel_w(int64_t kw, bool avx512) {
+  if (avx512) {
+    if (kw == 2) return &max_row_avx512_erased<T, kS, 2, kIdx>;
+    if (kw == 3) return &max_row_avx512_erased<T, kS, 3, kIdx>;
+    return &max_row_avx512_erased<T, kS, 0, kIdx>;
+  }
+  if (kw == 2) return &max_row_avx2_erased<T, kS, 2, kIdx>;
+  if (kw == 3) return &max_row_avx2_erased<T, kS, 3, kIdx>;
+  return &max_row_avx2_erased<T, kS, 0, kIdx>;
 }
 
-// The AVX-512 row kernel for this call, or nullptr when it does not apply (another ISA
-// active, stride_w > 2, or flat indices past int32).
+// The vector row kernel for this call (AVX-512 or AVX2, as cpu_isa_active() says), with its
+// lanes per chunk in *lanes; nullptr when none applies (baseline active, stride_w > 2, or
+// flat indices past int32).
 template <typename T>
-RowFn avx512_row_kernel(const Pool2dShape& s, bool with_indices) {
-  if (cpu_isa_active() != CpuIsa::kAvx512) return nullptr;
+RowFn vector_row_kernel(const Pool2dShape& s, bool with_indices, int* lanes) {
+  const CpuIsa isa = cpu_isa_active();
+  if (isa == CpuIsa::kBaseline) return nullptr;
+  const bool avx512 = isa == CpuIsa::kAvx512;
+  *lanes = avx512 ? Avx512<T>::kLanes : Avx2<T>::kLanes;
   if (s.stride_w != 1 && s.stride_w != 2) return nullptr;
   // int32 lanes hold h * W + w and the candidates' columns, down to -pad and up to
   // (H + pad + dilated kernel) * W
   if ((s.H + 2 * s.pad_h + s.kernel_h * s.dil_h + 2) * (s.W + 2 * s.pad_w + s.kernel_w * s.dil_w + 64) >
       std::numeric_limits<int32_t>::max())
     return nullptr;
+  const int64_t kw = s.kernel_w;
   if (s.stride_w == 1)
-    return with_indices ? pick_kernel_w<T, 1, true>(s.kernel_w) : pick_kernel_w<T, 1, false>(s.kernel_w);
-  return with_indices ? pick_kernel_w<T, 2, true>(s.kernel_w) : pick_kernel_w<T, 2, false>(s.kernel_w);
+    return with_indices ? pick_kernel_w<T, 1, true>(kw, avx512) : pick_kernel_w<T, 1, false>(kw, avx512);
+  return with_indices ? pick_kernel_w<T, 2, true>(kw, avx512) : pick_kernel_w<T, 2, false>(kw, avx512);
 }
-#endif  // CNNOPS_POOL_AVX512
+#endif  // CNNOPS_POOL_X86
 
 // ---- channels-last (NHWC) forward --------------------------------------------------------
 // The vector runs over channels: for one output pixel, every channel's running max and index
@@ -432,7 +624,7 @@ CNNOPS_SIMD_CLONES void max_row_nhwc(const T* __restrict__ in_image, T* __restri
   }
 }
 
-#ifdef CNNOPS_POOL_AVX512
+#ifdef CNNOPS_POOL_X86
 // AVX-512: up to 4 vectors of channels (64 floats / 32 doubles) held in registers over the
 // window's taps, then stored once; the last group's vectors are masked.
 template <typename T, bool kIdx>
@@ -503,7 +695,7 @@ void max_pool2d_forward_nhwc_cpu(const T* input, T* output, int64_t* indices, in
   const int64_t work = s.planes * s.OH * s.OW * s.kernel_h * s.kernel_w;
   const int64_t in_image = s.H * s.W * C, out_row = s.OW * C;
   const bool with_indices = indices != nullptr;
-#ifdef CNNOPS_POOL_AVX512
+#ifdef CNNOPS_POOL_X86
   if (cpu_isa_active() == CpuIsa::kAvx512 && s.H * s.W < std::numeric_limits<int32_t>::max()) {
 #pragma omp parallel for collapse(2) schedule(static) if (work > kParallelWork)
     for (int64_t n = 0; n < N; ++n)
@@ -538,13 +730,16 @@ template <typename T>
 void max_pool2d_forward_cpu(const T* input, T* output, int64_t* indices, const Pool2dShape& s) {
   const int64_t work = s.planes * s.OH * s.OW * s.kernel_h * s.kernel_w;
   const bool with_indices = indices != nullptr;
-#ifdef CNNOPS_POOL_AVX512
-  if (const RowFn row = avx512_row_kernel<T>(s, with_indices)) {
+#ifdef CNNOPS_POOL_X86
+  int lanes = 0;
+  if (const RowFn row = vector_row_kernel<T>(s, with_indices, &lanes)) {
     // the calling thread's plan, reused across calls; the team reads it through this reference
     // (inside the parallel region the name would be each thread's own, empty, instance)
     static thread_local RowPlan my_plan;
     const RowPlan& plan = my_plan;
-    plan_rows(my_plan, s, Avx512<T>::kLanes);
+    plan_rows(my_plan, s, lanes);
+    if (lanes == 8 && sizeof(T) == 4) expand_masks(my_plan, my_plan.lane_load32, my_plan.lane_store32);
+    if (lanes == 4) expand_masks(my_plan, my_plan.lane_load64, my_plan.lane_store64);
 #pragma omp parallel for collapse(2) schedule(static) if (work > kParallelWork)
     for (int64_t p = 0; p < s.planes; ++p)
       for (int64_t oh = 0; oh < s.OH; ++oh)
