@@ -76,6 +76,11 @@ CASES = {
     "pad_exceeds_kernel": ((2, 3, 5, 6), 16, (1, 2), dict(padding=(1, 2))),
     "kernel_is_input": ((2, 6, 5, 4), 24, (5, 4), {}),
     "batch1_wide": ((1, 4, 3, 41), 16, (2, 3), dict(padding=(0, 1))),
+    # small planes: the batch-inner copy (a tile is P images at one output position), with
+    # tiles per position (N >= P) and flat over (position, image) pixels (N < P)
+    "batch_inner_3x3": ((32, 32, 3, 3), 32, (3, 3), dict(padding=1)),
+    "batch_inner_partial": ((30, 20, 3, 4), 40, (3, 3), dict(padding=1)),
+    "batch_inner_flat": ((8, 16, 2, 2), 48, (3, 3), dict(padding=1)),
 }
 
 
@@ -106,6 +111,8 @@ GRAD_INPUT_CASES = {
     "thin_sub": ((2, 32, 10, 10), 5, (3, 3), dict(stride=2, padding=1)),
     "stride1_pad_gt_reach": ((1, 16, 6, 7), 16, (2, 2), dict(padding=(1, 1))),
     "thin_c_in_stride1": ((2, 6, 14, 14), 16, (5, 5), {}),
+    "batch_inner_3x3": ((32, 32, 3, 3), 48, (3, 3), dict(padding=1)),
+    "batch_inner_stride2": ((29, 16, 6, 6), 32, (3, 3), dict(stride=2, padding=1)),
 }
 
 

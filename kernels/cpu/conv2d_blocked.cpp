@@ -79,6 +79,7 @@ struct BlockedConv {
   int64_t C_out, OH, OW, Wq, total;  // total = OH * Wq flat pixels per image
   int xs;                            // distance of neighbouring pixels in x: 1 or 16
   bool relu;
+  int64_t batch;  // > 0: batch-inner copy, pixel q is image q % batch at position q / batch
 };
 
 // One unit of work: J channel blocks starting at block `ocb`, `tiles` tiles of P pixels.
@@ -123,8 +124,9 @@ __attribute__((noinline)) void store_tile(const BlockedConv& c, int64_t n, int o
   float* out_n = c.out + n * c.out_image;
   int64_t pos[P];  // output offset of pixel p in its plane, -1 if dropped
   for (int p = 0; p < P; ++p) {
-    const int64_t q = q0 + p, oh = q / c.Wq, ow = q - oh * c.Wq;
+    const int64_t q = c.batch ? (q0 + p) / c.batch : q0 + p, oh = q / c.Wq, ow = q - oh * c.Wq;
     pos[p] = q < c.total && ow < c.OW ? oh * c.out_row + ow * c.out_col : -1;
+    if (c.batch && pos[p] >= 0) pos[p] += ((q0 + p) % c.batch) * c.out_image;
   }
   for (int j = 0; j < J; ++j) {
     const int64_t oc0 = int64_t(ocb + j) * VW;
@@ -393,6 +395,7 @@ struct Workspace {
   std::vector<TileItem> items;
   std::vector<int64_t> q0[5];  // tile starts, per J
   std::vector<int64_t> vq;     // pixel-vector starts of the thin tiles, grouped by PV
+  WeightEntry scratch;         // the packed weights of uncached calls
 };
 float* align64(float* p) {
   return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
@@ -432,6 +435,9 @@ void conv2d_blocked_forward(const BlockedForward& f) {
                 f.stride_h, f.stride_w, f.pad_top, f.pad_left, f.dil_h, f.dil_w, 1};
   const float* input = f.input;
   const float* weight = f.weight;
+  // where weight (oc, ic, tap) is: oc w_out + ic w_in + w_tap(tap)
+  const int64_t w_in = f.w_tap ? f.w_in : f.KH * f.KW, w_out = f.w_tap ? f.w_out : f.C_in * w_in;
+  auto w_tap = [&](int64_t tap) { return f.w_tap ? f.w_tap[tap] : tap; };
   const CpuIsa isa = cpu_isa_active();
   const int VW = isa == CpuIsa::kAvx512 ? 16 : 8;
   const TileShape* shapes = isa == CpuIsa::kAvx512 ? kAvx512Shapes
@@ -482,12 +488,59 @@ void conv2d_blocked_forward(const BlockedForward& f) {
   const int64_t taps = s.KH * s.KW, K = s.C_in * taps;
   const int64_t total = s.OH * Wq;
   const int64_t work = s.N * s.C_out * s.OH * s.OW * K;
+  // Batch-inner copy ([C_in / 16][Hq Wq][N][16]: the images of one position side by side) for
+  // small planes, where tiles of P pixels of one image would mostly compute padding columns
+  // or overlap (3x3 outputs: 9 useful of 18 computed): a tile is then P images at one output
+  // position, and tap offsets stay fixed. Chosen when it computes under 3/4 of the pixels.
+  int64_t per_image_cost = -1, batch_cost = -1;
+  for (int i = 0; i < nshapes; ++i) {
+    if (shapes[i].J != Jmax) continue;
+    const int P = shapes[i].P;
+    const int64_t flat = ceil_div(total, P) * P;
+    const int64_t rows = s.OW >= P ? s.OH * ceil_div(s.OW, P) * P : flat;
+    const int64_t cost = s.N * std::min(flat, rows);
+    if (per_image_cost < 0 || cost < per_image_cost) per_image_cost = cost;
+    if (s.N >= P) {
+      const int64_t bcost = s.OH * s.OW * ceil_div(s.N, P) * P;
+      if (batch_cost < 0 || bcost < batch_cost) batch_cost = bcost;
+    }
+  }
+  const bool batch_inner = blocked_in && batch_cost >= 0 && 4 * batch_cost < 3 * per_image_cost;
   const bool parallel = work > kParallelWork;
 
   // ---- input: phase-split, zero-padded copy (or the input itself)
   const float* x = input;
   int64_t x_image = s.C_in * s.H * s.W;
-  if (!direct && blocked_in) {
+  if (batch_inner) {
+    // [C_in / 16][phase planes][N][16], zero where nothing is copied (padding, lanes past
+    // C_in); one "image" for the loops below
+    x_image = 0;
+    const int64_t size = cblocks * chan_b * s.N + (Pmax + 64) * 16;
+    if (ws.x.size() < static_cast<size_t>(size + 16)) ws.x.resize(size + 16);
+    float* xr = align64(ws.x.data());
+    std::fill(xr, xr + size, 0.0f);
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t bn = 0; bn < cblocks * s.N; ++bn) {
+      const int64_t icb = bn / s.N, n = bn % s.N;
+      const int lanes = static_cast<int>(std::min<int64_t>(16, s.C_in - icb * 16));
+      for (int64_t a = 0; a < sh; ++a)
+        for (int64_t b = 0; b < sw; ++b)
+          for (int64_t i = 0; i < Hq; ++i) {
+            if (phase_id[a * sw + b] < 0) continue;
+            const int64_t r = i * sh + a - s.pad_h;
+            if (r < 0 || r >= s.H) continue;
+            int64_t lo = 0, hi = 0;
+            valid_outputs(s.W, Wq, sw, s.pad_w, b, &lo, &hi);
+            float* row = xr + icb * chan_b * s.N +
+                         ((phase_id[a * sw + b] * phase_plane + i * Wq) * s.N + n) * 16;
+            for (int l = 0; l < lanes; ++l) {
+              const float* src = input + ((n * s.C_in + icb * 16 + l) * s.H + r) * s.W + b - s.pad_w;
+              for (int64_t j = lo; j < hi; ++j) row[j * s.N * 16 + l] = src[j * sw];
+            }
+          }
+    }
+    x = xr;
+  } else if (!direct && blocked_in) {
     x_image = cblocks * chan_b;
     const int64_t size = s.N * x_image + chan_b + (Pmax + 64) * 16;
     if (ws.x.size() < static_cast<size_t>(size + 16)) ws.x.resize(size + 16);
@@ -566,7 +619,9 @@ void conv2d_blocked_forward(const BlockedForward& f) {
 
   // ---- offsets of the reduction steps
   // (planar: k = (ic, kh, kw), the weights' own order; channel-blocked: k = (ic / 16, kh,
-  // kw, ic % 16); korder[k] is the weight's index within its filter)
+  // kw, ic % 16); korder[k] is the weight's offset from its output channel's first weight:
+  // ic w_in + w_tap[tap], the weights' own order (ic taps + tap) unless the caller gives
+  // another layout, see BlockedForward)
   if (ws.off.size() < static_cast<size_t>(K)) ws.off.resize(K), ws.korder.resize(K);
   {
     int64_t k = 0;
@@ -578,12 +633,12 @@ void conv2d_blocked_forward(const BlockedForward& f) {
               phase_id[(rh % sh) * sw + rw % sw] * phase_plane + (rh / sh) * Wq + rw / sw;
           if (!blocked_in) {
             ws.off[k] = direct ? icb * s.H * s.W : icb * chan + at;
-            ws.korder[k++] = (icb * s.KH + kh) * s.KW + kw;
+            ws.korder[k++] = icb * w_in + w_tap(kh * s.KW + kw);
             continue;
           }
           for (int64_t l = 0; l < 16 && icb * 16 + l < s.C_in; ++l) {
-            ws.off[k] = icb * chan_b + at * 16 + l;
-            ws.korder[k++] = ((icb * 16 + l) * s.KH + kh) * s.KW + kw;
+            ws.off[k] = batch_inner ? (icb * chan_b + at * 16) * s.N + l : icb * chan_b + at * 16 + l;
+            ws.korder[k++] = (icb * 16 + l) * w_in + w_tap(kh * s.KW + kw);
           }
         }
   }
@@ -604,9 +659,8 @@ void conv2d_blocked_forward(const BlockedForward& f) {
       e = &c;
   const int64_t numel = s.C_out * K;
   const bool hit = f.cache_weights && e && std::memcmp(e->raw.data(), weight, numel * sizeof(float)) == 0;
-  WeightEntry scratch;  // uncached calls (grad_input's per-call weights) pack here
   if (!f.cache_weights) {
-    e = &scratch;
+    e = &ws.scratch;  // uncached calls (grad_input's per-call weights) pack here
   } else if (!e) {
     if (ws.weights.size() >= kWeightEntries) ws.weights.erase(ws.weights.begin());  // oldest
     ws.weights.push_back(WeightEntry{weight, s.C_out, s.C_in, s.KH, s.KW, static_cast<int>(isa),
@@ -624,7 +678,7 @@ void conv2d_blocked_forward(const BlockedForward& f) {
       for (int64_t k = 0; k < K; ++k)
         for (int64_t l = 0; l < lanes; ++l) {
           const int64_t oc = ob * lanes + l;
-          dst[(ob * K + k) * lanes + l] = oc < s.C_out ? weight[oc * K + ws.korder[k]] : 0.0f;
+          dst[(ob * K + k) * lanes + l] = oc < s.C_out ? weight[oc * w_out + ws.korder[k]] : 0.0f;
         }
   }
   const float* wr = align64(e->packed.data());
@@ -680,12 +734,25 @@ void conv2d_blocked_forward(const BlockedForward& f) {
       const int P = shapes[i].P;
       const int64_t flat = ceil_div(total, P) * P;
       const int64_t rows = s.OW >= P ? s.OH * ceil_div(s.OW, P) * P : flat;
-      const int64_t cost = std::min(flat, rows);
+      // batch-inner: per output position when a tile fits in the batch, else flat over all
+      // (position, image) pixels (padding columns included, dropped when stored)
+      const int64_t cost = !batch_inner ? std::min(flat, rows)
+                           : s.N >= P   ? s.OH * s.OW * ceil_div(s.N, P) * P
+                                        : ceil_div(total * s.N, P) * P;
       if (best_cost < 0 || cost < best_cost) {
         best_cost = cost, best_p[J] = P;
         std::vector<int64_t>& q = ws.q0[J];
         q.clear();
-        if (rows < flat) {
+        if (batch_inner && s.N < P) {
+          for (int64_t q0 = 0; q0 < total * s.N; q0 += P)
+            q.push_back(total * s.N >= P ? std::min<int64_t>(q0, total * s.N - P) : 0);
+        } else if (batch_inner) {
+          // the images of each output position, the last tile shifted back to end at N
+          for (int64_t oh = 0; oh < s.OH; ++oh)
+            for (int64_t ow = 0; ow < s.OW; ++ow)
+              for (int64_t n0 = 0; n0 < s.N; n0 += P)
+                q.push_back((oh * Wq + ow) * s.N + std::min(n0, s.N - P));
+        } else if (rows < flat) {
           for (int64_t oh = 0; oh < s.OH; ++oh)
             for (int64_t ow = 0; ow < s.OW; ow += P) q.push_back(oh * Wq + std::min(ow, s.OW - P));
         } else {
@@ -711,13 +778,20 @@ void conv2d_blocked_forward(const BlockedForward& f) {
 
   BlockedConv c{x,          x_image,     wr,        K,         ws.off.data(), f.bias,
                 f.out,      f.out_image, f.out_plane, f.out_row, f.out_col,   s.C_out,
-                s.OH,       s.OW,        Wq,        total,     blocked_in ? 16 : 1, f.relu};
+                s.OH,       s.OW,        Wq,        total,     blocked_in ? 16 : 1, f.relu,
+                batch_inner ? s.N : 0};
   const int64_t items = static_cast<int64_t>(ws.items.size());
   const TileItem* item = ws.items.data();
+  // Order of the work: image by image (the image's input copy stays in L2 for all its items)
+  // unless the weights are large (deep layers: 2.4 MB at 256 -> 256 3x3, 9.4 MB at 512): then
+  // item by item, all images in turn, so that each item's weights (J blocks, a few hundred KB)
+  // are read from memory once rather than once per image.
+  const int64_t images = batch_inner ? 1 : s.N;  // batch-inner: one image of N * OH * Wq pixels
+  const bool images_inner = s.C_out * K * int64_t(sizeof(float)) > (int64_t(512) << 10);
 #pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t u = 0; u < s.N * items; ++u) {
-    const int64_t n = u / items;
-    const TileItem& t = item[u % items];
+  for (int64_t u = 0; u < images * items; ++u) {
+    const int64_t n = images_inner ? u % images : u / items;
+    const TileItem& t = item[images_inner ? u / images : u % items];
     if (isa == CpuIsa::kAvx512) run_avx512(c, n, t);
     else if (isa == CpuIsa::kAvx2) run_avx2(c, n, t);
     else run_baseline(c, n, t);

@@ -33,7 +33,7 @@ void conv2d_forward_blocked_f32(const float* input, const float* weight, const f
 // element (n, oc, oh, ow) written at out + n out_image + oc out_plane + oh out_row + ow out_col.
 // Requires C_out >= 16 (see conv2d_blocked_applies) and N, OH, OW, C_in > 0.
 struct BlockedForward {
-  const float* input;
+  const float* input = nullptr;
   int64_t N, C_in, H, W;
   const float* weight;
   const float* bias;  // may be null
@@ -43,6 +43,11 @@ struct BlockedForward {
   float* out;
   int64_t out_image, out_plane, out_row, out_col;
   bool cache_weights;  // keep the repacked weights for the next call with these weights
+  // Optional weight layout (when w_tap is not null): weight (oc, ic, tap = kh KW + kw) is at
+  // weight + oc w_out + ic w_in + w_tap[tap] (grad_input reads the layer's own weights
+  // transposed and flipped this way, without a copy). cache_weights must then be false.
+  const int64_t* w_tap = nullptr;
+  int64_t w_in = 0, w_out = 0;
 };
 void conv2d_blocked_forward(const BlockedForward& f);
 

@@ -16,8 +16,9 @@
 // with o running over the rows of that residue inside the input and pad' = m_last - u_first
 // (negative when the first rows of grad_output reach no row of the residue: they are cropped).
 // Each sub-convolution is a plain forward convolution of grad_output (C_out input channels)
-// into C_in output channels, run by conv2d_blocked_forward, which writes its result straight
-// into every sh-th row and sw-th column of grad_input. A residue no tap has (stride > kernel,
+// into C_in output channels, run by conv2d_blocked_forward, which reads the layer's weights in
+// place (transposed and flipped through its weight-layout arguments; it repacks them anyway)
+// and writes its result straight into every sh-th row and sw-th column of grad_input. A residue no tap has (stride > kernel,
 // or a dilation sharing a factor with the stride) gets zeros.
 #include <cstring>
 #include <vector>
@@ -73,24 +74,21 @@ bool conv2d_grad_input_blocked_f32(const float* grad_output, const float* weight
   for (const PhaseAxis& a : cols) all_covered &= a.count == 0 || !a.taps.empty();
   if (!all_covered) std::memset(grad_input, 0, sizeof(float) * s.N * s.C_in * s.H * s.W);
 
-  std::vector<float> sub;  // the sub-convolution's weights, [C_in][C_out][KH'][KW']
+  std::vector<int64_t> tap_at;  // the sub-convolution's tap t -> the layer's weight offset
   for (const PhaseAxis& ph : rows)
     for (const PhaseAxis& pw : cols) {
       if (ph.taps.empty() || pw.taps.empty() || ph.count == 0 || pw.count == 0) continue;
       const int64_t KH = static_cast<int64_t>(ph.taps.size());
       const int64_t KW = static_cast<int64_t>(pw.taps.size());
-      sub.resize(s.C_in * s.C_out * KH * KW);
-      for (int64_t ic = 0; ic < s.C_in; ++ic)
-        for (int64_t oc = 0; oc < s.C_out; ++oc) {
-          const float* w = weight + (oc * s.C_in + ic) * taps;
-          float* d = sub.data() + (ic * s.C_out + oc) * KH * KW;
-          for (int64_t th = 0; th < KH; ++th)
-            for (int64_t tw = 0; tw < KW; ++tw)
-              d[th * KW + tw] = w[ph.taps[KH - 1 - th] * s.KW + pw.taps[KW - 1 - tw]];
-        }
+      // sub-convolution weight (ic, oc, th, tw) = W[oc, ic, kh(KH - 1 - th), kw(KW - 1 - tw)]
+      tap_at.resize(KH * KW);
+      for (int64_t th = 0; th < KH; ++th)
+        for (int64_t tw = 0; tw < KW; ++tw)
+          tap_at[th * KW + tw] = ph.taps[KH - 1 - th] * s.KW + pw.taps[KW - 1 - tw];
       BlockedForward f;
       f.input = grad_output, f.N = s.N, f.C_in = s.C_out, f.H = s.OH, f.W = s.OW;
-      f.weight = sub.data(), f.bias = nullptr, f.relu = false;
+      f.weight = weight, f.bias = nullptr, f.relu = false;
+      f.w_tap = tap_at.data(), f.w_out = taps, f.w_in = s.C_in * taps;
       f.C_out = s.C_in, f.KH = KH, f.KW = KW, f.stride_h = 1, f.stride_w = 1;
       f.dil_h = ph.dil, f.dil_w = pw.dil, f.pad_top = ph.pad, f.pad_left = pw.pad;
       f.OH = ph.count, f.OW = pw.count;
