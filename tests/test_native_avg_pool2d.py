@@ -200,3 +200,20 @@ def test_2x2_stride_2_bit_equal(shape, dtype, divisor_override):
     got_grad = torch.ops.cnnops.avg_pool2d_grad_input(grad, x, [2, 2], [2, 2], [0, 0], True,
                                                       divisor_override)
     assert torch.equal(got_grad, want_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 37, 3, 3), (1, 16, 7, 7), (3, 5, 1, 1), (2, 20, 6, 4)])
+@pytest.mark.parametrize("divisor_override", [None, 3])
+def test_global_bit_equal(shape, dtype, divisor_override):
+    """Global pooling (GlobalAvgPool2d: one window = the plane), vectorised across planes, sums
+    each plane in torch's order: torch's bits."""
+    g = torch.Generator().manual_seed(sum(shape))
+    x = (torch.randn(shape, generator=g, dtype=dtype) * 100).requires_grad_()
+    kwargs = dict(kernel_size=shape[-2:], divisor_override=divisor_override)
+    want = F.avg_pool2d(x, **kwargs)
+    got = cnnops.avg_pool2d(x, **kwargs, backend="native")
+    assert torch.equal(got, want)
+    grad = torch.randn(want.shape, generator=g, dtype=dtype)
+    _assert_close(torch.autograd.grad(got, x, grad)[0], torch.autograd.grad(want, x, grad)[0],
+                  0, 0, "grad_input")

@@ -2,11 +2,12 @@
 //
 // Forward: the window sums of an output row's interior (windows inside the row along W) are
 // accumulated in chunks of 16 floats / 8 doubles, every tap over the same chunk (as in
-// max_pool2d_cpu.cpp), the border outputs one at a time; then each is divided by its divisor (index_math.h:
-// avg_window / avg_divisor, ATen's clipping). Backward scatters grad / divisor back over the
-// same taps; a thread owns whole planes, so no atomics. The divisor factors into a row part
-// and a column part; the column parts are computed once per call. The whole-window 2x2,
-// stride 2 pooling (LeNet, DenseNet) has its own one-pass forward and backward.
+// max_pool2d.cpp), the border outputs one at a time; then each is divided by its divisor
+// (index_math.h: avg_window / avg_divisor, ATen's clipping). Backward scatters grad / divisor
+// back over the same taps; a thread owns whole planes, so no atomics. The divisor factors into
+// a row part and a column part; the column parts are computed once per call. The whole-window
+// 2x2, stride 2 pooling (LeNet, DenseNet) has its own one-pass forward and backward, and
+// global pooling (one window = the plane) a forward vectorised across planes.
 #include <algorithm>
 #include <type_traits>
 #include <vector>
@@ -207,6 +208,32 @@ CNNOPS_SIMD_CLONES void avg_pool_2x2_backward_plane(const T* __restrict__ gout,
   for (int64_t i = 2 * s.OH * s.W; i < s.H * s.W; ++i) gin[i] = T(0);
 }
 
+// Global pooling (one window = the whole plane: GlobalAvgPool2d): each plane's sum in ATen's
+// order (row by row, left to right, one running sum), 16 planes at a time, one lane per plane,
+// so the loop vectorises across planes without changing any plane's summation order.
+template <typename T>
+CNNOPS_SIMD_CLONES void avg_pool_global_planes(const T* __restrict__ in, T* __restrict__ out,
+                                               int64_t planes, int64_t HW, T divisor) {
+  constexpr int kBlock = 16;
+  int64_t p0 = 0;
+  for (; p0 + kBlock <= planes; p0 += kBlock) {
+    T sum[kBlock] = {};
+    for (int64_t i = 0; i < HW; ++i)
+      for (int j = 0; j < kBlock; ++j) sum[j] += in[(p0 + j) * HW + i];
+    for (int j = 0; j < kBlock; ++j) out[p0 + j] = sum[j] / divisor;
+  }
+  for (; p0 < planes; ++p0) {
+    T sum = T(0);
+    for (int64_t i = 0; i < HW; ++i) sum += in[p0 * HW + i];
+    out[p0] = sum / divisor;
+  }
+}
+
+bool is_global(const Pool2dShape& s) {
+  return s.OH == 1 && s.OW == 1 && s.pad_h == 0 && s.pad_w == 0 && s.kernel_h == s.H &&
+         s.kernel_w == s.W;
+}
+
 bool is_whole_2x2_stride_2(const Pool2dShape& s) {
   return s.kernel_h == 2 && s.kernel_w == 2 && s.stride_h == 2 && s.stride_w == 2 &&
          s.pad_h == 0 && s.pad_w == 0 && 2 * s.OH <= s.H && 2 * s.OW <= s.W;
@@ -218,6 +245,16 @@ template <typename T>
 void avg_pool2d_forward_cpu(const T* input, T* output, const Pool2dShape& s,
                             bool count_include_pad, int64_t divisor_override) {
   const int64_t work = s.planes * s.OH * s.OW * s.kernel_h * s.kernel_w;
+  if (is_global(s)) {
+    const T divisor = static_cast<T>(divisor_override != 0 ? divisor_override : s.H * s.W);
+    const int64_t blocks = (s.planes + 15) / 16;
+#pragma omp parallel for schedule(static) if (work > kParallelWork)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t p0 = b * 16, n = std::min<int64_t>(16, s.planes - p0);
+      avg_pool_global_planes(input + p0 * s.H * s.W, output + p0, n, s.H * s.W, divisor);
+    }
+    return;
+  }
   if (is_whole_2x2_stride_2(s)) {
     // every window has 4 elements inside the input, so the divisor is 4 or the override
     const T divisor = static_cast<T>(divisor_override != 0 ? divisor_override : 4);
