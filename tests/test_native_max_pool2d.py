@@ -345,6 +345,28 @@ def test_channels_last_opcheck(shape):
                           (torch.randn_like(out), x.detach(), idx, *geometry))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,kwargs", [((2, 17, 9, 8), dict(kernel_size=3, stride=2, padding=1)),
+                                          ((3, 64, 12, 11), dict(kernel_size=3, stride=1,
+                                                                 padding=1)),
+                                          ((2, 33, 10, 13), dict(kernel_size=4, stride=3,
+                                                                 padding=2, ceil_mode=True))])
+def test_channels_last_grad_bit_equal(shape, kwargs, dtype):
+    """The channels-last backward (scatter in output order, channel by channel, as ATen's)
+    gives torch's gradient bit for bit, channels-last."""
+    g = torch.Generator().manual_seed(shape[1])
+    x = torch.randn(shape, generator=g, dtype=dtype).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    got = cnnops.max_pool2d(x, **kwargs, backend="native")
+    want = F.max_pool2d(x, **kwargs)
+    grad = torch.randn(want.shape, generator=g, dtype=dtype).contiguous(
+        memory_format=torch.channels_last)
+    got_grad = torch.autograd.grad(got, x, grad)[0]
+    want_grad = torch.autograd.grad(want, x, grad)[0]
+    assert got_grad.stride() == want_grad.stride()
+    assert torch.equal(got_grad, want_grad)
+
+
 def test_values_empty_batch():
     x = _input((0, 2, 6, 6)).detach()
     assert torch.ops.cnnops.max_pool2d_values(x, [2, 2], [2, 2], [0, 0], [1, 1],

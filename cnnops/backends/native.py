@@ -19,8 +19,8 @@ backward ops read it off grad_output. The binding checks only invariants that ke
 pointers in bounds; user errors are raised before, by cnnops/_validate.py.
 
 conv2d and pooling compute in NCHW: channels-last input is copied to NCHW first, and
-`cnnops.functional` gives the output PyTorch's memory format. batch_norm and max_pool2d (its
-forward ops) read a dense channels-last input in place on the CPU.
+`cnnops.functional` gives the output PyTorch's memory format. batch_norm and max_pool2d
+(forward and grad_input) read a dense channels-last input in place on the CPU.
 """
 from __future__ import annotations
 
@@ -165,7 +165,8 @@ def _max_pool2d_values_fake(input, kernel_size, stride, padding, dilation, outpu
 
 def _max_pool2d_grad_input_fake(grad_output, input, indices, kernel_size, stride, padding,
                                 dilation):
-    return input.new_empty(input.shape)
+    fmt = torch.channels_last if _pool_reads_channels_last(input) else torch.contiguous_format
+    return input.new_empty(input.shape).contiguous(memory_format=fmt)
 
 
 def _avg_pool2d_fake(input, kernel_size, stride, padding, count_include_pad, divisor_override,

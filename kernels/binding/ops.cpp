@@ -294,6 +294,17 @@ Tensor max_pool2d_grad_input(const Tensor& grad_output_, const Tensor& input,
                         indices_.device() == input.device(), op, "indices must be the int64 "
                         "indices of max_pool2d on this input, got ", indices_.scalar_type(),
                         " ", indices_.sizes());
+  if (reads_channels_last(input)) {  // grad_input channels-last, as the forward's output
+    const auto cl = at::MemoryFormat::ChannelsLast;
+    const Tensor grad_output = grad_output_.contiguous(cl), indices = indices_.contiguous(cl);
+    Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(cl));
+    if (grad_input.numel() == 0) return grad_input;
+    AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), op, [&] {
+      max_pool2d_grad_input_nhwc_cpu(ptr<scalar_t>(grad_output), ptr<int64_t>(indices),
+                                     mut<scalar_t>(grad_input), input.size(1), s);
+    });
+    return grad_input;
+  }
   const Tensor grad_output = grad_output_.contiguous(), indices = indices_.contiguous();
   Tensor grad_input = at::empty(input.sizes(), input.options());
   if (grad_input.numel() == 0) return grad_input;

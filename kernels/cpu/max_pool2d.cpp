@@ -783,7 +783,30 @@ void max_pool2d_grad_input_cpu(const T* grad_output, const int64_t* indices, T* 
   }
 }
 
+// Channels-last: grad_input[n, indices[n, o, c], c] += grad_output[n, o, c], every tensor
+// (N, *, *, C) dense; in output order, channel by channel, as ATen's channels-last kernel.
+// A thread owns whole images.
+template <typename T>
+void max_pool2d_grad_input_nhwc_cpu(const T* grad_output, const int64_t* indices,
+                                    T* grad_input, int64_t C, const Pool2dShape& s) {
+  const int64_t N = C > 0 ? s.planes / C : 0;
+  const int64_t out_image = s.OH * s.OW * C, in_image = s.H * s.W * C;
+#pragma omp parallel for schedule(static) if (N * (out_image + in_image) > kParallelWork)
+  for (int64_t n = 0; n < N; ++n) {
+    T* gin = grad_input + n * in_image;
+    const T* gout = grad_output + n * out_image;
+    const int64_t* idx = indices + n * out_image;
+    for (int64_t i = 0; i < in_image; ++i) gin[i] = T(0);
+    for (int64_t o = 0; o < s.OH * s.OW; ++o)
+      for (int64_t c = 0; c < C; ++c) gin[idx[o * C + c] * C + c] += gout[o * C + c];
+  }
+}
+
 template void max_pool2d_forward_cpu<float>(const float*, float*, int64_t*, const Pool2dShape&);
+template void max_pool2d_grad_input_nhwc_cpu<float>(const float*, const int64_t*, float*,
+                                                    int64_t, const Pool2dShape&);
+template void max_pool2d_grad_input_nhwc_cpu<double>(const double*, const int64_t*, double*,
+                                                     int64_t, const Pool2dShape&);
 template void max_pool2d_forward_cpu<double>(const double*, double*, int64_t*,
                                              const Pool2dShape&);
 template void max_pool2d_forward_nhwc_cpu<float>(const float*, float*, int64_t*, int64_t,

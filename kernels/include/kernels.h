@@ -36,6 +36,10 @@ void max_pool2d_forward_nhwc_cpu(const T* input, T* output, int64_t* indices, in
 template <typename T>
 void max_pool2d_grad_input_cpu(const T* grad_output, const int64_t* indices, T* grad_input,
                              const Pool2dShape& s);
+// Channels-last: grad_output, indices (N, OH, OW, C) and grad_input (N, H, W, C) dense.
+template <typename T>
+void max_pool2d_grad_input_nhwc_cpu(const T* grad_output, const int64_t* indices,
+                                    T* grad_input, int64_t C, const Pool2dShape& s);
 
 // divisor_override: 0 for none.
 template <typename T>
