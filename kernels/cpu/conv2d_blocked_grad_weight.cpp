@@ -31,14 +31,17 @@
 //
 // Work split and determinism: a work item is (J channel blocks, one group of T units); its
 // accumulators live in a per-item slot between pixel chunks of <= 96 pixels (the chunk's
-// grad_output vectors stay in L1 for all the items). Each part has its own slots, added in
-// part order when they are transposed into grad_weight (overwritten, every element once). The
-// number of parts is 2 for 1 or 2 threads, so each dW element is summed in one fixed order:
-// bitwise identical run to run and for 1 and 2 threads (with T > 2 threads there are T parts:
-// deterministic for a given T). No barrier until the end: an earlier version split the items
-// between the threads and shared each super-chunk, with a barrier per super-chunk: with other
+// grad_output vectors stay in L1 for all the items). The threads split either the pixels into
+// `parts` ranges, each with its own slots, added in part order when the slots are transposed
+// into grad_weight (overwritten, every element once); or, for layers whose slots outweigh the
+// repacked batch (many weights, few pixels: 256->256 at 6x6, 512->512 at 3x3), the items, every
+// thread repacking the whole batch for itself. There are 2 parts for 1 or 2 threads, and an
+// item split sums each item exactly as a single part does, so each dW element is summed in one
+// fixed order: bitwise identical run to run and for 1 and 2 threads (with T > 2 threads there
+// are T parts: deterministic for a given T). No barrier until the end: an earlier version
+// shared each super-chunk between the threads, with a barrier per super-chunk; with other
 // processes on the cores, 2 threads took 130 ms on the ResNet stem (4 ms on idle cores; torch
-// 24-36 ms there). An image split between two parts is repacked by both.
+// 24-36 ms then). An image split between two parts is repacked by both.
 #include "conv2d_blocked.h"
 
 #include <algorithm>
@@ -481,35 +484,42 @@ bool conv2d_grad_weight_blocked_f32(const float* grad_output, const float* input
   const int64_t last0 = (ocgroups - 1) * groups;  // the items of the last (narrower) group
   const int Jlast = blocks - int(ocgroups - 1) * Jmain;
 
-  // ---- the pixels (n, oh, ow) in `parts` equal ranges, one per thread, each summed into its
-  // own slots; the slots are added in part order at the end. Two parts for 1 or 2 threads (so
-  // the bits do not depend on which), one per thread beyond, fewer if their slots would take
-  // more than 64 MiB; one part for small layers (a single thread). Each thread repacks what it
-  // works on: no barrier until the end (a barrier per super-chunk made the call 30x slower when
-  // other processes share the cores).
+  // ---- work split (see the file comment): the pixels in `parts` ranges with their own slots,
+  // or, when the slots are large next to the repacked batch (many weights, few pixels: the
+  // added slots would cost more than a second repack), the items: every thread then repacks the
+  // whole batch itself and sums its items over all the pixels, exactly as one part would.
   const int64_t total_px = s.N * plane;
-  int64_t parts = 1;
-  if (parallel && total_px >= 2 * 8) {
+  const int64_t slot_total = items * slot_floats;
 #ifdef _OPENMP
-    parts = std::max<int64_t>(2, omp_get_max_threads());
+  const int64_t threads = omp_get_max_threads();
 #else
-    parts = 2;
+  const int64_t threads = 1;
 #endif
-    const int64_t cap = std::max<int64_t>(2, (int64_t(64) << 20) / (4 * items * slot_floats));
+  const bool by_items = parallel && 2 * slot_total > s.N * (g_image + x_image) &&
+                        items >= 16 * std::max<int64_t>(2, threads);
+  int64_t parts = 1;
+  if (parallel && !by_items && total_px >= 2 * 8) {
+    parts = std::max<int64_t>(2, threads);
+    const int64_t cap = std::max<int64_t>(2, (int64_t(64) << 20) / (4 * slot_total));
     parts = std::min({parts, cap, total_px / 8});
   }
-  float* slots = gw_align64(ws.slots, parts * items * slot_floats);
+  const int64_t tasks = by_items ? std::max<int64_t>(1, threads) : parts;
+  float* slots = gw_align64(ws.slots, parts * slot_total);
   const int64_t* xo = ws.xo.data();
   const int64_t* uoff = ws.uoff.data();
 
-  auto run_part = [&](int64_t h) {
-    const int64_t A = total_px * h / parts, B = total_px * (h + 1) / parts;
-    if (A >= B) return;
+  // task t: pixels [A, B) of items [ia, ib)
+  auto run_task = [&](int64_t t) {
+    const int64_t A = by_items ? 0 : total_px * t / parts;
+    const int64_t B = by_items ? total_px : total_px * (t + 1) / parts;
+    const int64_t ia = by_items ? items * t / tasks : 0;
+    const int64_t ib = by_items ? items * (t + 1) / tasks : items;
+    if (A >= B || ia >= ib) return;
     GwWorkspace& own = gw_workspace();  // this thread's buffers
     float* gb = gw_align64(own.g, g_sc);
     float* xb = gw_align64(own.x, x_sc);
     std::fill(xb + ipc * x_image, xb + x_sc, 0.0f);
-    float* part_slots = slots + h * items * slot_floats;
+    float* part_slots = slots + (by_items ? 0 : t) * slot_total;
     bool first = true;
     for (int64_t n0 = A / plane; n0 * plane < B; n0 += ipc) {
       const int64_t nimg = std::min(ipc, s.N - n0);
@@ -527,7 +537,8 @@ bool conv2d_grad_weight_blocked_f32(const float* grad_output, const float* input
       for (int64_t ci = 0; ci < nch; ++ci, first = false) {
         const int64_t p0 = q0 + (q1 - q0) * ci / nch, p1 = q0 + (q1 - q0) * (ci + 1) / nch;
         for (int half = 0; half < 2; ++half) {
-          const int64_t lo = half ? last0 : 0, hi = half ? items : last0;
+          const int64_t lo = std::max(ia, half ? last0 : int64_t(0));
+          const int64_t hi = std::min(ib, half ? items : last0);
           const int J = half ? Jlast : Jmain;
           if (lo >= hi) continue;
           if (isa == CpuIsa::kAvx512) gw_run_avx512(c, J, lo, hi, p0, p1 - p0, first);
@@ -541,12 +552,12 @@ bool conv2d_grad_weight_blocked_f32(const float* grad_output, const float* input
     if (own.g.capacity() * sizeof(float) > (size_t(64) << 20)) std::vector<float>().swap(own.g);
   };
 #ifdef _OPENMP
-  const int team = static_cast<int>(std::min<int64_t>(parts, omp_get_max_threads()));
+  const int team = static_cast<int>(std::min<int64_t>(tasks, omp_get_max_threads()));
 #else
   const int team = 1;
 #endif
 #pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
-  for (int64_t h = 0; h < parts; ++h) run_part(h);
+  for (int64_t t = 0; t < tasks; ++t) run_task(t);
 
   // ---- unpack the slots into grad_weight [C_out][C_in][KH][KW] (every element written
   // once): per 16 output channels x 16 filter indices, a transpose
@@ -568,7 +579,7 @@ bool conv2d_grad_weight_blocked_f32(const float* grad_output, const float* input
       if (parts == 1) continue;
       for (int l = 0; l < VW; ++l) sum[kk][l] = src[kk][l];
       for (int64_t h = 1; h < parts; ++h)  // fixed order: part 0 + part 1 + ...
-        for (int l = 0; l < VW; ++l) sum[kk][l] += src[kk][h * items * slot_floats + l];
+        for (int l = 0; l < VW; ++l) sum[kk][l] += src[kk][h * slot_total + l];
       src[kk] = sum[kk];
     }
     float* dst = grad_weight + ob * VW * K + k0;
