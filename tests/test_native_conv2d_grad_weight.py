@@ -53,7 +53,8 @@ def threads(request):
 # output-channel blocks and a partial last block (C_out 17, 33, 70), thin inputs (planar copy:
 # C_in 1, 3), channel-blocked inputs with partial blocks (C_in 5, 6, 20), strides 1-3 (phase
 # planes), dilation, asymmetric padding, batch 1, planes smaller than a pixel chunk, batches
-# larger than one super-chunk, and C_out < 16 (declined: the row kernel).
+# larger than one super-chunk, layers with many weights and few pixels (the threads split the
+# items, not the pixels), and C_out < 16 (declined: the row kernel).
 CASES = {
     "3x3_pad1": ((2, 16, 9, 11), 16, (3, 3), (1, 1), (1, 1), (1, 1)),
     "5x5_cin6_lenet": ((3, 6, 14, 14), 16, (5, 5), (1, 1), (0, 0), (1, 1)),
@@ -68,6 +69,7 @@ CASES = {
     "kernel_is_input": ((2, 6, 5, 4), 24, (5, 4), (1, 1), (0, 0), (1, 1)),
     "batch1_wide": ((1, 4, 3, 41), 16, (2, 3), (1, 1), (0, 1), (1, 1)),
     "tiny_plane_many_channels": ((3, 40, 3, 3), 48, (3, 3), (1, 1), (1, 1), (1, 1)),
+    "items_split_partial_block": ((4, 64, 3, 3), 80, (3, 3), (1, 1), (1, 1), (1, 1)),
     "superchunks": ((5, 64, 24, 24), 80, (3, 3), (1, 1), (1, 1), (1, 1)),
     "superchunks_stride2": ((7, 20, 30, 30), 33, (3, 3), (2, 2), (1, 1), (1, 1)),
     "cout6_declined": ((4, 1, 12, 12), 6, (5, 5), (1, 1), (2, 2), (1, 1)),
@@ -116,7 +118,8 @@ def test_matches_float64(name, isa, threads):
 
 @pytest.mark.parametrize("isa", _ISAS, indirect=True)
 @pytest.mark.parametrize("name", ["superchunks", "stride21_dil23", "cin1_7x7_stride2",
-                                  "5x5_cin6_lenet", "stride2_5blocks_partial"])
+                                  "5x5_cin6_lenet", "stride2_5blocks_partial",
+                                  "items_split_partial_block"])
 def test_bitwise_across_runs_and_thread_counts(name, isa):
     x, w, grad, stride, padding, dilation = _make(name, seed=3)
     before = torch.get_num_threads()
