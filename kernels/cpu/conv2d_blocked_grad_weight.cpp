@@ -207,15 +207,26 @@ CNNOPS_GW_AVX512 CNNOPS_INLINE __m512 gw_shuffle128(__m512 a, __m512 b) {
   return _mm512_mask_shuffle_f32x4(a, 0xFFFF, a, b, IMM);
 }
 
+// The first n (1..16) columns: masked loads (no fault past the row), n stores.
 template <int SW>
-CNNOPS_GW_AVX512 void gw_transpose16(const float* const* src, float* dst, int64_t dst_stride) {
+CNNOPS_GW_AVX512 void gw_transpose16(const float* const* src, float* dst, int64_t dst_stride,
+                                     int n = 16) {
   __m512 r[16], t[16];
   const __m512i even =
       _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  // floats read per row: n (SW = 1) or 2 n - 1 (SW = 2), in one or two 16-float loads
+  const int need = SW == 1 ? n : 2 * n - 1;
+  const __mmask16 m0 = static_cast<__mmask16>(need >= 16 ? 0xFFFF : (1u << need) - 1);
+  const __mmask16 m1 =
+      static_cast<__mmask16>(need >= 32 ? 0xFFFF : need <= 16 ? 0 : (1u << (need - 16)) - 1);
 #pragma GCC unroll 16
   for (int l = 0; l < 16; ++l) {
-    if (SW == 1) r[l] = _mm512_loadu_ps(src[l]);
-    else r[l] = _mm512_permutex2var_ps(_mm512_loadu_ps(src[l]), even, _mm512_loadu_ps(src[l] + 16));
+    if (SW == 1) {
+      r[l] = _mm512_maskz_loadu_ps(m0, src[l]);
+    } else {
+      r[l] = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(m0, src[l]), even,
+                                    _mm512_maskz_loadu_ps(m1, src[l] + 16));
+    }
   }
 #pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) {
@@ -241,8 +252,12 @@ CNNOPS_GW_AVX512 void gw_transpose16(const float* const* src, float* dst, int64_
     r[i] = gw_shuffle128<0x88>(t[i], t[8 + i]);
     r[8 + i] = gw_shuffle128<0xDD>(t[i], t[8 + i]);
   }
+  if (n == 16) {
 #pragma GCC unroll 16
-  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * dst_stride, r[i]);
+    for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * dst_stride, r[i]);
+  } else {
+    for (int i = 0; i < n; ++i) _mm512_storeu_ps(dst + i * dst_stride, r[i]);
+  }
 }
 #endif
 
@@ -253,12 +268,11 @@ void gw_gather16(const float* const* src, int64_t sw, int64_t count, float* dst,
 #ifdef CNNOPS_GW_X86
   if (vector && (sw == 1 || sw == 2)) {
     const float* p[16];
-    for (; j + 16 <= count; j += 16) {
+    for (; j < count; j += 16) {
+      const int n = static_cast<int>(std::min<int64_t>(16, count - j));
       for (int l = 0; l < 16; ++l) p[l] = src[l] + j * sw;
-      if (sw == 1) gw_transpose16<1>(p, dst + j * dst_stride, dst_stride);
-      else if (j * sw + 32 <= (count - 1) * sw + 1 || j + 16 < count)
-        gw_transpose16<2>(p, dst + j * dst_stride, dst_stride);
-      else break;  // the last 16 with stride 2 would load one float past the row
+      if (sw == 1) gw_transpose16<1>(p, dst + j * dst_stride, dst_stride, n);
+      else gw_transpose16<2>(p, dst + j * dst_stride, dst_stride, n);
     }
   }
 #endif
