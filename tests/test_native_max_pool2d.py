@@ -230,6 +230,11 @@ ROW_CASES = {
     "s2_narrow": ((2, 3, 7, 5), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
     "s3": ((1, 2, 10, 50), dict(kernel_size=3, stride=3, padding=1)),
     "w1": ((2, 2, 6, 1), dict(kernel_size=(3, 1), stride=(1, 2))),
+    # kernel_h 3, stride_h 1: the separable AVX-512 plane kernel (row results merged by 3)
+    "rows3_s2w_dil": ((2, 3, 11, 40), dict(kernel_size=3, stride=(1, 2), padding=1,
+                                           dilation=(1, 2))),
+    "rows3_nopad": ((1, 2, 5, 33), dict(kernel_size=3, stride=1)),
+    "rows3_h3": ((2, 4, 3, 18), dict(kernel_size=3, stride=1, padding=1, ceil_mode=True)),
 }
 
 

@@ -174,6 +174,7 @@ CNNOPS_SIMD_CLONES void max_pool_row(const T* in_plane, T* out_row, int64_t* idx
 #define CNNOPS_POOL_X86 1
 #define CNNOPS_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
 #define CNNOPS_AVX512_INLINE CNNOPS_TARGET_AVX512 inline __attribute__((always_inline))
+#define CNNOPS_AVX512_INLINE_LAMBDA __attribute__((always_inline, target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
 
 template <typename T>
 struct Avx512;
@@ -369,6 +370,136 @@ CNNOPS_TARGET_AVX512 void max_row_avx512(const T* in_plane, T* out_row, int64_t*
     A::store(out_row + ow0, p.store_mask[c], best);
     if (kIdx) A::store_index(idx_row + ow0, p.store_mask[c], best_idx);
   }
+}
+
+
+// Separable variant for kernel_h == 3, stride_h == 1, dil_h == 1 (GoogLeNet's 3x3/1p1): every
+// input row is read by 3 output rows, so its row result (max and argmax over the kw taps of
+// each output's window in that row, torch's rule within the row) is computed once, and an
+// output is the rule applied again to its (up to) 3 row results in row order. That is torch's
+// (kh, kw) scan exactly: the first strict maximum is the first row's first maximum; the last
+// NaN is the last row-with-NaN's last NaN; an all -inf window keeps its first row's first
+// element. One column chunk at a time walks down the plane with the last row results in
+// registers. Per output chunk: KW taps + 2 merges instead of 3 * KW taps.
+template <typename T, int kS, int kK, bool kIdx>
+CNNOPS_TARGET_AVX512 void max_plane_avx512_rows3(const T* in_plane, T* out_plane,
+                                                 int64_t* idx_plane, const RowPlan& p,
+                                                 const Pool2dShape& s) {
+  using A = Avx512<T>;
+  using V = typename A::V;
+  using IV = typename A::IV;
+  constexpr int L = A::kLanes;
+  const int64_t KW = kK ? kK : s.kernel_w;
+  const int64_t W = s.W, H = s.H, dw = s.dil_w;
+  const V ninf = A::set1(-std::numeric_limits<T>::infinity());
+  const IV step = A::iset1(static_cast<int32_t>(dw));
+  const int64_t chunks = static_cast<int64_t>(p.ow0.size());
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t ow0 = p.ow0[c];
+    const uint32_t* mask = p.load_mask.data() + c * KW * 2;
+    IV first{}, start{};
+    if (kIdx) {
+      first = A::iload(p.first_col.data() + c * L);
+      start = A::iload(p.start_col.data() + c * L);
+    }
+    // row result of input row ih (0 <= ih < H)
+    auto row_result = [&](int64_t ih, V& best, IV& best_idx) CNNOPS_AVX512_INLINE_LAMBDA {
+      const T* row = in_plane + ih * W + ow0 * kS - s.pad_w;
+      best = ninf;
+      IV cand{};
+      if (kIdx) {
+        const IV base = A::iset1(static_cast<int32_t>(ih * W));
+        best_idx = A::iadd(first, base);
+        cand = A::iadd(start, base);
+      }
+#pragma GCC unroll 4
+      for (int64_t kw = 0; kw < KW; ++kw) {
+        const T* q = row + kw * dw;
+        V v;
+        if (kS == 1) v = A::load(ninf, mask[2 * kw], q);
+        else v = A::even(A::load(ninf, mask[2 * kw], q), A::load(ninf, mask[2 * kw + 1], q + L));
+        if (kIdx) {
+          const auto take = A::take(v, best);
+          best = A::mov(best, take, v);
+          best_idx = A::imov(best_idx, take, cand);
+          cand = A::iadd(cand, step);
+        } else {
+          best = A::max_or_nan(v, best);
+        }
+      }
+    };
+    // the window of output oh is rows oh - pad_h .. oh - pad_h + 2; a, b, c hold them
+    V va = ninf, vb = ninf, vc = ninf;
+    IV ia{}, ib{}, ic{};
+    int64_t ih = -s.pad_h;
+    if (ih >= 0 && ih < H) row_result(ih, va, ia);
+    if (ih + 1 >= 0 && ih + 1 < H) row_result(ih + 1, vb, ib);
+    for (int64_t oh = 0; oh < s.OH; ++oh, ++ih) {
+      const bool ok_a = ih >= 0 && ih < H, ok_b = ih + 1 >= 0 && ih + 1 < H,
+                 ok_c = ih + 2 >= 0 && ih + 2 < H;
+      if (ok_c) row_result(ih + 2, vc, ic);
+      V best;
+      IV best_idx{};
+      if (ok_a && ok_b && ok_c) {  // the interior: merge b and c into a
+        best = va;
+        if (kIdx) {
+          best_idx = ia;
+          auto take = A::take(vb, best);
+          best = A::mov(best, take, vb);
+          best_idx = A::imov(best_idx, take, ib);
+          take = A::take(vc, best);
+          best = A::mov(best, take, vc);
+          best_idx = A::imov(best_idx, take, ic);
+        } else {
+          best = A::max_or_nan(vc, A::max_or_nan(vb, best));
+        }
+      } else {  // the top and bottom rows: the valid ones in order (at least one)
+        bool have = false;
+        const V* vs[3] = {&va, &vb, &vc};
+        const IV* is[3] = {&ia, &ib, &ic};
+        const bool ok[3] = {ok_a, ok_b, ok_c};
+        best = ninf;
+        for (int r = 0; r < 3; ++r) {
+          if (!ok[r]) continue;
+          if (!have) {
+            best = *vs[r];
+            if (kIdx) best_idx = *is[r];
+            have = true;
+          } else if (kIdx) {
+            const auto take = A::take(*vs[r], best);
+            best = A::mov(best, take, *vs[r]);
+            best_idx = A::imov(best_idx, take, *is[r]);
+          } else {
+            best = A::max_or_nan(*vs[r], best);
+          }
+        }
+      }
+      A::store(out_plane + oh * s.OW + ow0, p.store_mask[c], best);
+      if (kIdx) A::store_index(idx_plane + oh * s.OW + ow0, p.store_mask[c], best_idx);
+      va = vb, ia = ib, vb = vc, ib = ic;
+    }
+  }
+}
+
+using PlaneFn = void (*)(const void*, void*, int64_t*, const RowPlan&, const Pool2dShape&);
+
+template <typename T, int kS, int kK, bool kIdx>
+void max_plane_rows3_erased(const void* in_plane, void* out_plane, int64_t* idx_plane,
+                            const RowPlan& p, const Pool2dShape& s) {
+  max_plane_avx512_rows3<T, kS, kK, kIdx>(static_cast<const T*>(in_plane),
+                                          static_cast<T*>(out_plane), idx_plane, p, s);
+}
+
+// The separable plane kernel when it applies (AVX-512 active, kernel_h 3, stride_h 1,
+// dil_h 1, stride_w 1 or 2, kernel_w 3, int32 indices), else nullptr.
+template <typename T>
+PlaneFn rows3_plane_kernel(const Pool2dShape& s, bool with_indices) {
+  if (cpu_isa_active() != CpuIsa::kAvx512 || s.kernel_h != 3 || s.stride_h != 1 ||
+      s.dil_h != 1 || s.kernel_w != 3 || (s.stride_w != 1 && s.stride_w != 2))
+    return nullptr;
+  if (s.stride_w == 1)
+    return with_indices ? &max_plane_rows3_erased<T, 1, 3, true> : &max_plane_rows3_erased<T, 1, 3, false>;
+  return with_indices ? &max_plane_rows3_erased<T, 2, 3, true> : &max_plane_rows3_erased<T, 2, 3, false>;
 }
 
 using RowFn = void (*)(const void*, void*, int64_t*, const RowPlan&, const Pool2dShape&, int64_t);
@@ -740,6 +871,15 @@ void max_pool2d_forward_cpu(const T* input, T* output, int64_t* indices, const P
     plan_rows(my_plan, s, lanes);
     if (lanes == 8 && sizeof(T) == 4) expand_masks(my_plan, my_plan.lane_load32, my_plan.lane_store32);
     if (lanes == 4) expand_masks(my_plan, my_plan.lane_load64, my_plan.lane_store64);
+    if (const PlaneFn plane = rows3_plane_kernel<T>(s, with_indices)) {
+      if (plane != nullptr && lanes == Avx512<T>::kLanes) {
+#pragma omp parallel for schedule(static) if (work > kParallelWork)
+        for (int64_t p = 0; p < s.planes; ++p)
+          plane(input + p * s.H * s.W, output + p * s.OH * s.OW,
+                with_indices ? indices + p * s.OH * s.OW : nullptr, plan, s);
+        return;
+      }
+    }
 #pragma omp parallel for collapse(2) schedule(static) if (work > kParallelWork)
     for (int64_t p = 0; p < s.planes; ++p)
       for (int64_t oh = 0; oh < s.OH; ++oh)
