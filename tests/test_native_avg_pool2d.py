@@ -217,3 +217,46 @@ def test_global_bit_equal(shape, dtype, divisor_override):
     grad = torch.randn(want.shape, generator=g, dtype=dtype)
     _assert_close(torch.autograd.grad(got, x, grad)[0], torch.autograd.grad(want, x, grad)[0],
                   0, 0, "grad_input")
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+_ISAS = [pytest.param("avx512", marks=pytest.mark.skipif(
+    not {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= _cpu_flags(), reason="no AVX-512")),
+    "baseline"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("isa", _ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("options", [(False, True, None), (True, False, None), (True, True, 3)])
+@pytest.mark.parametrize("shape,kernel_size,stride,padding", [
+    ((2, 3, 19, 40), 3, 1, 1), ((1, 2, 23, 37), 3, 2, 1), ((2, 2, 12, 9), (2, 4), (1, 2), (1, 2)),
+    ((1, 1, 30, 70), 5, 2, 2), ((3, 2, 6, 5), 3, 1, 0)])
+def test_forward_row_kernels_bit_equal(shape, kernel_size, stride, padding, options, dtype, isa,
+                                       threads, monkeypatch):
+    """The AVX-512 forward (masked chunks along the row, rows summed 4 / 2 / 1 in lockstep) and
+    the portable one give ATen's bits: the same tap order per output, one division."""
+    monkeypatch.setenv("CNNOPS_CPU_ISA", isa)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ceil_mode, count_include_pad, divisor_override = options
+        g = torch.Generator().manual_seed(sum(shape))
+        x = torch.randn(shape, generator=g, dtype=dtype)
+        kwargs = dict(kernel_size=kernel_size, stride=stride, padding=padding,
+                      ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+                      divisor_override=divisor_override)
+        assert torch.equal(cnnops.avg_pool2d(x, **kwargs, backend="native"),
+                           F.avg_pool2d(x, **kwargs))
+    finally:
+        torch.set_num_threads(before)

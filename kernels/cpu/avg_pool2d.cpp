@@ -7,13 +7,20 @@
 // back over the same taps; a thread owns whole planes, so no atomics. The divisor factors into
 // a row part and a column part; the column parts are computed once per call. The whole-window
 // 2x2, stride 2 pooling (LeNet, DenseNet) has its own one-pass forward and backward, and
-// global pooling (one window = the plane) a forward vectorised across planes.
+// global pooling (one window = the plane) a forward vectorised across planes. With AVX-512
+// active (cpu_isa_active()) and stride_w 1 or 2 the other forwards run avg_rows_avx512
+// (masked chunks along the output row, max_pool2d.cpp's scheme; bit-equal to ATen).
 #include <algorithm>
 #include <type_traits>
 #include <vector>
 
+#include "conv2d_blocked.h"  // cpu_isa_active
 #include "cpu_common.h"
 #include "kernels.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#endif
 
 namespace cnnops {
 namespace {
@@ -239,6 +246,194 @@ bool is_whole_2x2_stride_2(const Pool2dShape& s) {
          s.pad_h == 0 && s.pad_w == 0 && 2 * s.OH <= s.H && 2 * s.OW <= s.W;
 }
 
+
+// ---- AVX-512 forward row kernel (stride_w 1 or 2) -------------------------------------------
+// The scheme of max_pool2d.cpp's max_row_avx512: the vector runs along the output row, 16
+// floats / 8 doubles of one row per register, every output (borders included) in masked
+// chunks; a tap is one masked load (stride 2: two and a vpermt2ps/pd keeping the even
+// elements) whose lanes outside [0, W) read 0. The window sum runs over the taps in ATen's
+// order (kh, then kw; a masked lane adds +0, which changes no sum: a sum that starts at +0
+// never becomes -0), then one division by the divisor (ATen's clipping: the padded or the
+// clipped window, or the override), so the result is ATen's bit for bit.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CNNOPS_AVG_AVX512 1
+#define CNNOPS_AVG_TARGET __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+#define CNNOPS_AVG_INLINE CNNOPS_AVG_TARGET inline __attribute__((always_inline))
+
+template <typename T>
+struct AvgAvx512;
+
+template <>
+struct AvgAvx512<float> {
+  static constexpr int kLanes = 16;
+  using V = __m512;
+  static CNNOPS_AVG_INLINE V zero() { return _mm512_setzero_ps(); }
+  static CNNOPS_AVG_INLINE V set1(float x) { return _mm512_set1_ps(x); }
+  static CNNOPS_AVG_INLINE V load(uint32_t m, const float* p) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p);
+  }
+  static CNNOPS_AVG_INLINE V loadu(const float* p) { return _mm512_loadu_ps(p); }
+  static CNNOPS_AVG_INLINE V even(V lo, V hi) {
+    const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_ps(lo, idx, hi);
+  }
+  static CNNOPS_AVG_INLINE V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static CNNOPS_AVG_INLINE V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static CNNOPS_AVG_INLINE V div(V a, V b) { return _mm512_div_ps(a, b); }
+  static CNNOPS_AVG_INLINE void store(float* p, uint32_t m, V v) {
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>(m), v);
+  }
+};
+
+template <>
+struct AvgAvx512<double> {
+  static constexpr int kLanes = 8;
+  using V = __m512d;
+  static CNNOPS_AVG_INLINE V zero() { return _mm512_setzero_pd(); }
+  static CNNOPS_AVG_INLINE V set1(double x) { return _mm512_set1_pd(x); }
+  static CNNOPS_AVG_INLINE V load(uint32_t m, const double* p) {
+    return _mm512_maskz_loadu_pd(static_cast<__mmask8>(m), p);
+  }
+  static CNNOPS_AVG_INLINE V loadu(const double* p) { return _mm512_loadu_pd(p); }
+  static CNNOPS_AVG_INLINE V even(V lo, V hi) {
+    const __m512i idx = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+    return _mm512_permutex2var_pd(lo, idx, hi);
+  }
+  static CNNOPS_AVG_INLINE V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static CNNOPS_AVG_INLINE V mul(V a, V b) { return _mm512_mul_pd(a, b); }
+  static CNNOPS_AVG_INLINE V div(V a, V b) { return _mm512_div_pd(a, b); }
+  static CNNOPS_AVG_INLINE void store(double* p, uint32_t m, V v) {
+    _mm512_mask_storeu_pd(p, static_cast<__mmask8>(m), v);
+  }
+};
+
+// Per call: chunk starts (the last shifted left to end at OW; OW < L: one masked chunk), load
+// masks per chunk and tap kw (stride 2: the pair lo, hi), and per lane the column part of the
+// divisor (padded or clipped window width; 1 with an override).
+template <typename T>
+struct AvgPlan {
+  std::vector<int64_t> ow0;
+  std::vector<uint32_t> store_mask, load_mask;
+  std::vector<T> col_part;
+};
+
+inline uint32_t avg_column_mask(int64_t c, int64_t W, int n) {
+  uint32_t m = 0;
+  for (int i = 0; i < n; ++i)
+    if (c + i >= 0 && c + i < W) m |= uint32_t(1) << i;
+  return m;
+}
+
+template <typename T>
+void plan_avg_rows(AvgPlan<T>& p, const ColumnWindows& cols, const Pool2dShape& s,
+                   bool count_include_pad, int64_t divisor_override) {
+  constexpr int L = AvgAvx512<T>::kLanes;
+  p.ow0.clear();
+  if (s.OW >= L) {
+    for (int64_t ow = 0; ow < s.OW; ow += L) p.ow0.push_back(std::min(ow, s.OW - L));
+  } else {
+    p.ow0.push_back(0);
+  }
+  const int64_t chunks = static_cast<int64_t>(p.ow0.size());
+  p.store_mask.assign(chunks, (uint32_t(1) << L) - 1);
+  if (s.OW < L) p.store_mask[0] = (uint32_t(1) << s.OW) - 1;
+  p.load_mask.assign(chunks * s.kernel_w * 2, 0);
+  p.col_part.assign(chunks * L, T(1));
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t ow0 = p.ow0[c];
+    for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+      const int64_t col = ow0 * s.stride_w - s.pad_w + kw;
+      p.load_mask[(c * s.kernel_w + kw) * 2] = avg_column_mask(col, s.W, L);
+      if (s.stride_w == 2)
+        p.load_mask[(c * s.kernel_w + kw) * 2 + 1] = avg_column_mask(col + L, s.W, L - 1);
+    }
+    for (int j = 0; j < L; ++j) {
+      const int64_t ow = std::min(ow0 + j, s.OW - 1);
+      if (divisor_override == 0)
+        p.col_part[c * L + j] =
+            static_cast<T>(count_include_pad ? cols.padded[ow] : cols.clipped[ow]);
+    }
+  }
+}
+
+// Output rows oh .. oh + kRows - 1 (kRows 1, 2 or 4; with more than 1 the caller ensures every
+// row has all KH taps inside the input): the chunks of the rows summed in lockstep, so the kRows add
+// chains (each in ATen's order) overlap instead of waiting on each other.
+template <typename T, int kS, int kRows>
+CNNOPS_AVG_TARGET void avg_rows_avx512(const T* in_plane, T* out_row, const AvgPlan<T>& p,
+                                       const Pool2dShape& s, int64_t oh, bool count_include_pad,
+                                       int64_t divisor_override) {
+  using A = AvgAvx512<T>;
+  using V = typename A::V;
+  constexpr int L = A::kLanes;
+  int64_t kh_lo, kh_hi;
+  valid_taps(oh, s.H, s.kernel_h, s.stride_h, s.pad_h, 1, &kh_lo, &kh_hi);
+  // the divisor of output (oh, ow): row part * col_part[ow] (exact: small integers), or the
+  // override; with kRows > 1 the rows are whole in H, so they share the row part
+  int64_t h0, h1;
+  const int64_t padded_h = avg_window(oh, s.H, s.kernel_h, s.stride_h, s.pad_h, &h0, &h1);
+  const V row_part = A::set1(static_cast<T>(
+      divisor_override != 0 ? divisor_override : count_include_pad ? padded_h : h1 - h0));
+  const int64_t ih0 = oh * s.stride_h - s.pad_h, W = s.W, KW = s.kernel_w;
+  const int64_t row_step = s.stride_h * W;  // input offset of the next output row
+  const int64_t chunks = static_cast<int64_t>(p.ow0.size());
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t ow0 = p.ow0[c];
+    const uint32_t* mask = p.load_mask.data() + c * KW * 2;
+    V sum[kRows];
+#pragma GCC unroll 4
+    for (int r = 0; r < kRows; ++r) sum[r] = A::zero();
+    for (int64_t kh = kh_lo; kh < kh_hi; ++kh) {
+      const T* row = in_plane + (ih0 + kh) * W + ow0 * kS - s.pad_w;
+#pragma GCC unroll 4
+      for (int64_t kw = 0; kw < KW; ++kw) {
+#pragma GCC unroll 4
+        for (int r = 0; r < kRows; ++r) {
+          const T* q = row + r * row_step + kw;
+          V v;
+          if (kS == 1) v = A::load(mask[2 * kw], q);
+          else v = A::even(A::load(mask[2 * kw], q), A::load(mask[2 * kw + 1], q + L));
+          sum[r] = A::add(sum[r], v);
+        }
+      }
+    }
+    const V divisor = A::mul(row_part, A::loadu(p.col_part.data() + c * L));
+#pragma GCC unroll 4
+    for (int r = 0; r < kRows; ++r)
+      A::store(out_row + r * s.OW + ow0, p.store_mask[c], A::div(sum[r], divisor));
+  }
+}
+
+// Whether output row oh has all kernel_h taps inside the input (no clipping in H).
+inline bool whole_in_h(const Pool2dShape& s, int64_t oh) {
+  const int64_t start = oh * s.stride_h - s.pad_h;
+  return start >= 0 && start + s.kernel_h <= s.H;
+}
+
+// The rows of one plane: 4 or 2 whole rows in lockstep, the others one at a time.
+template <typename T, int kS>
+CNNOPS_AVG_TARGET void avg_plane_rows_avx512(const T* in_plane, T* out_plane, const AvgPlan<T>& p,
+                                             const Pool2dShape& s, int64_t oh_begin,
+                                             int64_t oh_end, bool count_include_pad,
+                                             int64_t divisor_override) {
+  for (int64_t oh = oh_begin; oh < oh_end;) {
+    if (oh + 3 < oh_end && whole_in_h(s, oh) && whole_in_h(s, oh + 3)) {
+      avg_rows_avx512<T, kS, 4>(in_plane, out_plane + oh * s.OW, p, s, oh, count_include_pad,
+                                divisor_override);
+      oh += 4;
+    } else if (oh + 1 < oh_end && whole_in_h(s, oh) && whole_in_h(s, oh + 1)) {
+      avg_rows_avx512<T, kS, 2>(in_plane, out_plane + oh * s.OW, p, s, oh, count_include_pad,
+                                divisor_override);
+      oh += 2;
+    } else {
+      avg_rows_avx512<T, kS, 1>(in_plane, out_plane + oh * s.OW, p, s, oh, count_include_pad,
+                                divisor_override);
+      oh += 1;
+    }
+  }
+}
+#endif  // CNNOPS_AVG_AVX512
+
 }  // namespace
 
 template <typename T>
@@ -264,6 +459,28 @@ void avg_pool2d_forward_cpu(const T* input, T* output, const Pool2dShape& s,
     return;
   }
   const ColumnWindows cols(s);
+#ifdef CNNOPS_AVG_AVX512
+  if (cpu_isa_active() == CpuIsa::kAvx512 && (s.stride_w == 1 || s.stride_w == 2)) {
+    static thread_local AvgPlan<T> my_plan;  // the calling thread's; the team reads it
+    plan_avg_rows(my_plan, cols, s, count_include_pad, divisor_override);
+    const AvgPlan<T>& plan = my_plan;
+    // work items: (plane, block of up to 8 rows), so that row groups stay inside an item
+    constexpr int64_t kRowBlock = 8;
+    const int64_t blocks = (s.OH + kRowBlock - 1) / kRowBlock;
+#pragma omp parallel for collapse(2) schedule(static) if (work > kParallelWork)
+    for (int64_t p = 0; p < s.planes; ++p)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t oh0 = b * kRowBlock, oh1 = std::min(s.OH, oh0 + kRowBlock);
+        if (s.stride_w == 1)
+          avg_plane_rows_avx512<T, 1>(input + p * s.H * s.W, output + p * s.OH * s.OW, plan, s,
+                                      oh0, oh1, count_include_pad, divisor_override);
+        else
+          avg_plane_rows_avx512<T, 2>(input + p * s.H * s.W, output + p * s.OH * s.OW, plan, s,
+                                      oh0, oh1, count_include_pad, divisor_override);
+      }
+    return;
+  }
+#endif
 #pragma omp parallel if (work > kParallelWork)
   {
     std::vector<T> divisor(s.OW);
