@@ -259,20 +259,57 @@ CNNOPS_GW_AVX512 void gw_transpose16(const float* const* src, float* dst, int64_
     for (int i = 0; i < n; ++i) _mm512_storeu_ps(dst + i * dst_stride, r[i]);
   }
 }
+
+// dst[j * dst_stride + l] = src[l][j * sw] for j in [0, count), l < 16 (all 16 rows given).
+// 8 x 8 for the AVX2 variant: dst[i * dst_stride + l] = src[l][i], the first n (1..8) columns.
+CNNOPS_GW_AVX2 void gw_transpose8(const float* const* src, float* dst, int64_t dst_stride,
+                                  int n) {
+  __m256 r[8], t[8];
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);  // lanes < n
+#pragma GCC unroll 8
+  for (int l = 0; l < 8; ++l) r[l] = _mm256_maskload_ps(src[l], mask);
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) {
+    r[4 * i + 0] = _mm256_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm256_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x20);
+    t[4 + i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x31);
+  }
+  for (int i = 0; i < n; ++i) _mm256_storeu_ps(dst + i * dst_stride, t[i]);
+}
 #endif
 
 // dst[j * dst_stride + l] = src[l][j * sw] for j in [0, count), l < 16 (all 16 rows given).
+// vec: 2 = AVX-512 transposes (sw 1 or 2), 1 = AVX2 (sw 1), 0 = scalar.
 void gw_gather16(const float* const* src, int64_t sw, int64_t count, float* dst,
-                 int64_t dst_stride, bool vector) {
+                 int64_t dst_stride, int vec) {
   int64_t j = 0;
 #ifdef CNNOPS_GW_X86
-  if (vector && (sw == 1 || sw == 2)) {
-    const float* p[16];
+  const float* p[16];
+  if (vec == 2 && (sw == 1 || sw == 2)) {
     for (; j < count; j += 16) {
       const int n = static_cast<int>(std::min<int64_t>(16, count - j));
       for (int l = 0; l < 16; ++l) p[l] = src[l] + j * sw;
       if (sw == 1) gw_transpose16<1>(p, dst + j * dst_stride, dst_stride, n);
       else gw_transpose16<2>(p, dst + j * dst_stride, dst_stride, n);
+    }
+  } else if (vec == 1 && sw == 1) {
+    for (; j < count; j += 8) {
+      const int n = static_cast<int>(std::min<int64_t>(8, count - j));
+      for (int l = 0; l < 16; ++l) p[l] = src[l] + j;
+      gw_transpose8(p, dst + j * dst_stride, dst_stride, n);
+      gw_transpose8(p + 8, dst + j * dst_stride + 8, dst_stride, n);
     }
   }
 #endif
@@ -415,7 +452,7 @@ bool conv2d_grad_weight_blocked_f32(const float* grad_output, const float* input
       1, std::min<int64_t>(s.N, std::max<int64_t>((int64_t(768) << 10) / (4 * (g_image + x_image)),
                                                   ceil_div(2 * chunk_px, plane))));
   const int64_t g_sc = ipc * g_image, x_sc = ipc * x_image + 64 + 16;  // x: slack past the end
-  const bool vec = isa == CpuIsa::kAvx512;
+  const int vec = isa == CpuIsa::kAvx512 ? 2 : isa == CpuIsa::kAvx2 ? 1 : 0;
   const int64_t gblocks = CP / 16;
 
   // one image's 16 output channels, pixel-major
@@ -598,7 +635,7 @@ bool conv2d_grad_weight_blocked_f32(const float* grad_output, const float* input
     }
     float* dst = grad_weight + ob * VW * K + k0;
 #ifdef CNNOPS_GW_X86
-    if (vec && VW == 16 && lanes == 16 && kn == 16) {
+    if (vec == 2 && VW == 16 && lanes == 16 && kn == 16) {
       gw_transpose16<1>(src, dst, K);
       continue;
     }
