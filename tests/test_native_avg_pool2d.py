@@ -260,3 +260,41 @@ def test_forward_row_kernels_bit_equal(shape, kernel_size, stride, padding, opti
                            F.avg_pool2d(x, **kwargs))
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("options", [(False, True, None), (True, False, None), (True, True, 3)])
+@pytest.mark.parametrize("shape,kernel_size,stride,padding", [
+    ((2, 17, 9, 8), 3, 2, 1), ((3, 64, 12, 11), 3, 1, 1), ((2, 5, 10, 13), (2, 4), (3, 2), (1, 2)),
+    ((2, 33, 8, 8), 2, 2, 0), ((2, 20, 7, 7), 7, 7, 0)])
+def test_channels_last_bit_equal(shape, kernel_size, stride, padding, options, dtype):
+    """Channels-last input is read in place (the vector over channels): output and grad_input
+    channels-last with torch's strides and bits (sums in ATen's tap order; the backward adds
+    in output order)."""
+    ceil_mode, count_include_pad, divisor_override = options
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g, dtype=dtype).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    kwargs = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                  count_include_pad=count_include_pad, divisor_override=divisor_override)
+    got = cnnops.avg_pool2d(x, **kwargs, backend="native")
+    want = F.avg_pool2d(x, **kwargs)
+    assert got.stride() == want.stride() and torch.equal(got, want)
+    grad = torch.randn(want.shape, generator=g, dtype=dtype).contiguous(
+        memory_format=torch.channels_last)
+    got_grad = torch.autograd.grad(got, x, grad)[0]
+    want_grad = torch.autograd.grad(want, x, grad)[0]
+    assert got_grad.stride() == want_grad.stride() and torch.equal(got_grad, want_grad)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 8), (2, 17, 5, 6)])
+def test_channels_last_opcheck(shape):
+    """The fakes give channels-last output and grad_input for a channels-last CPU input."""
+    x = _input(shape).detach().contiguous(memory_format=torch.channels_last)
+    args, out_hw = _raw_args(x, 3)
+    torch.library.opcheck(torch.ops.cnnops.avg_pool2d.default,
+                          (x.requires_grad_(), *args, out_hw))
+    out = torch.ops.cnnops.avg_pool2d(x.detach(), *args, out_hw)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    torch.library.opcheck(torch.ops.cnnops.avg_pool2d_grad_input.default,
+                          (torch.randn_like(out), x.detach(), *args))

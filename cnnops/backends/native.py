@@ -19,8 +19,8 @@ backward ops read it off grad_output. The binding checks only invariants that ke
 pointers in bounds; user errors are raised before, by cnnops/_validate.py.
 
 conv2d and pooling compute in NCHW: channels-last input is copied to NCHW first, and
-`cnnops.functional` gives the output PyTorch's memory format. batch_norm and max_pool2d
-(forward and grad_input) read a dense channels-last input in place on the CPU.
+`cnnops.functional` gives the output PyTorch's memory format. batch_norm, max_pool2d and
+avg_pool2d (forward and grad_input) read a dense channels-last input in place on the CPU.
 """
 from __future__ import annotations
 
@@ -145,8 +145,9 @@ def _conv2d_grad_bias_fake(grad_output):
 
 
 def _pool_reads_channels_last(input) -> bool:
-    """max pooling reads a dense channels-last CPU input in place and returns channels-last
-    output and indices (reads_channels_last in kernels/binding/ops.cpp)."""
+    """max and avg pooling read a dense channels-last CPU input in place and return
+    channels-last outputs (and indices, grad_input) (reads_channels_last in
+    kernels/binding/ops.cpp)."""
     return (input.device.type == "cpu" and not input.is_contiguous()
             and input.is_contiguous(memory_format=torch.channels_last))
 
@@ -171,12 +172,14 @@ def _max_pool2d_grad_input_fake(grad_output, input, indices, kernel_size, stride
 
 def _avg_pool2d_fake(input, kernel_size, stride, padding, count_include_pad, divisor_override,
                      output_size):
-    return input.new_empty((*input.shape[:2], *output_size))
+    fmt = torch.channels_last if _pool_reads_channels_last(input) else torch.contiguous_format
+    return input.new_empty((*input.shape[:2], *output_size)).contiguous(memory_format=fmt)
 
 
 def _avg_pool2d_grad_input_fake(grad_output, input, kernel_size, stride, padding,
                                 count_include_pad, divisor_override):
-    return input.new_empty(input.shape)
+    fmt = torch.channels_last if _pool_reads_channels_last(input) else torch.contiguous_format
+    return input.new_empty(input.shape).contiguous(memory_format=fmt)
 
 
 # ---- autograd -------------------------------------------------------------------------------

@@ -211,7 +211,8 @@ Tensor conv2d_grad_bias(const Tensor& grad_output_) {
 // ---- max_pool2d ---------------------------------------------------------------------------
 
 // A CPU input that is dense channels-last and not NCHW-contiguous (the rule of the fakes in
-// cnnops/backends/native.py): max pooling reads it in place and returns channels-last.
+// cnnops/backends/native.py): max and avg pooling read it in place and return channels-last
+// (forward and grad_input).
 bool reads_channels_last(const Tensor& input) {
   return input.device().is_cpu() && !input.is_contiguous() &&
          input.is_contiguous(at::MemoryFormat::ChannelsLast);
@@ -324,6 +325,17 @@ Tensor avg_pool2d(const Tensor& input_, IntArrayRef kernel_size, IntArrayRef str
   static constexpr const char* op = "cnnops::avg_pool2d";
   const Pool2dShape s = pool_shape(input_, kernel_size, stride, padding, {1, 1},
                                    output_hw(output_size, op), op);
+  if (reads_channels_last(input_)) {  // CPU kernel over NHWC; output channels-last
+    const int64_t C = input_.size(1);
+    Tensor out = at::empty({input_.size(0), C, s.OH, s.OW},
+                           input_.options().memory_format(at::MemoryFormat::ChannelsLast));
+    if (out.numel() == 0) return out;
+    AT_DISPATCH_FLOATING_TYPES(input_.scalar_type(), op, [&] {
+      avg_pool2d_forward_nhwc_cpu(ptr<scalar_t>(input_), mut<scalar_t>(out), C, s,
+                                  count_include_pad, divisor_override.value_or(0));
+    });
+    return out;
+  }
   const Tensor input = input_.contiguous();
   Tensor out = at::empty({input.size(0), input.size(1), s.OH, s.OW}, input.options());
   if (out.numel() == 0) return out;
@@ -342,6 +354,18 @@ Tensor avg_pool2d_grad_input(const Tensor& grad_output_, const Tensor& input,
   check_rank(input, 4, "input", op);
   const Pool2dShape s = pool_shape(input, kernel_size, stride, padding, {1, 1},
                                    grad_output_hw(grad_output_, input, input.size(1), op), op);
+  if (reads_channels_last(input)) {  // grad_input channels-last, as torch gives it
+    const auto cl = at::MemoryFormat::ChannelsLast;
+    const Tensor grad_output = grad_output_.contiguous(cl);
+    Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(cl));
+    if (grad_input.numel() == 0) return grad_input;
+    AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), op, [&] {
+      avg_pool2d_grad_input_nhwc_cpu(ptr<scalar_t>(grad_output), mut<scalar_t>(grad_input),
+                                     input.size(1), s, count_include_pad,
+                                     divisor_override.value_or(0));
+    });
+    return grad_input;
+  }
   const Tensor grad_output = grad_output_.contiguous();
   Tensor grad_input = at::empty(input.sizes(), input.options());
   if (grad_input.numel() == 0) return grad_input;

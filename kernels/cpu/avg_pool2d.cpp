@@ -10,6 +10,8 @@
 // global pooling (one window = the plane) a forward vectorised across planes. With AVX-512
 // active (cpu_isa_active()) and stride_w 1 or 2 the other forwards run avg_rows_avx512
 // (masked chunks along the output row, max_pool2d.cpp's scheme; bit-equal to ATen).
+// Channels-last input has its own forward and backward (avg_pool2d_*_nhwc_cpu, the vector
+// over channels).
 #include <algorithm>
 #include <type_traits>
 #include <vector>
@@ -434,6 +436,63 @@ CNNOPS_AVG_TARGET void avg_plane_rows_avx512(const T* in_plane, T* out_plane, co
 }
 #endif  // CNNOPS_AVG_AVX512
 
+
+// ---- channels-last (NHWC) forward and backward --------------------------------------------
+// The vector runs over channels. Forward: for each output pixel its channels' sums over the
+// window's in-bounds taps in ATen's order (kh, then kw), accumulated in the output row itself,
+// then one division by the pixel's divisor. Backward: each output pixel, in output order,
+// adds grad / divisor to its taps' channels (ATen's channels-last order). Portable loops,
+// compiled per ISA by target_clones; a thread owns whole output rows (forward) or images
+// (backward).
+template <typename T>
+CNNOPS_SIMD_CLONES void avg_row_nhwc(const T* __restrict__ in_image, T* __restrict__ out_row,
+                                     const ColumnWindows& cols, const Pool2dShape& s, int64_t C,
+                                     int64_t oh, bool count_include_pad,
+                                     int64_t divisor_override) {
+  int64_t h0, h1;
+  const int64_t padded_h = avg_window(oh, s.H, s.kernel_h, s.stride_h, s.pad_h, &h0, &h1);
+  for (int64_t ow = 0; ow < s.OW; ++ow) {
+    T* __restrict__ sum = out_row + ow * C;
+    for (int64_t c = 0; c < C; ++c) sum[c] = T(0);
+    const int64_t w0 = ow * s.stride_w - s.pad_w;
+    for (int64_t ih = h0; ih < h1; ++ih)
+      for (int64_t kw = cols.kw_lo[ow]; kw < cols.kw_hi[ow]; ++kw) {
+        const T* __restrict__ v = in_image + (ih * s.W + w0 + kw) * C;
+        for (int64_t c = 0; c < C; ++c) sum[c] += v[c];
+      }
+    const T divisor = static_cast<T>(avg_divisor(padded_h, cols.padded[ow], h1 - h0,
+                                                 cols.clipped[ow], count_include_pad,
+                                                 divisor_override));
+    for (int64_t c = 0; c < C; ++c) sum[c] = sum[c] / divisor;
+  }
+}
+
+template <typename T>
+CNNOPS_SIMD_CLONES void avg_backward_image_nhwc(const T* __restrict__ gout,
+                                                T* __restrict__ gin, T* __restrict__ scaled,
+                                                const ColumnWindows& cols, const Pool2dShape& s,
+                                                int64_t C, bool count_include_pad,
+                                                int64_t divisor_override) {
+  for (int64_t i = 0; i < s.H * s.W * C; ++i) gin[i] = T(0);
+  for (int64_t oh = 0; oh < s.OH; ++oh) {
+    int64_t h0, h1;
+    const int64_t padded_h = avg_window(oh, s.H, s.kernel_h, s.stride_h, s.pad_h, &h0, &h1);
+    for (int64_t ow = 0; ow < s.OW; ++ow) {
+      const T divisor = static_cast<T>(avg_divisor(padded_h, cols.padded[ow], h1 - h0,
+                                                   cols.clipped[ow], count_include_pad,
+                                                   divisor_override));
+      const T* __restrict__ g = gout + (oh * s.OW + ow) * C;
+      for (int64_t c = 0; c < C; ++c) scaled[c] = g[c] / divisor;
+      const int64_t w0 = ow * s.stride_w - s.pad_w;
+      for (int64_t ih = h0; ih < h1; ++ih)
+        for (int64_t kw = cols.kw_lo[ow]; kw < cols.kw_hi[ow]; ++kw) {
+          T* __restrict__ d = gin + (ih * s.W + w0 + kw) * C;
+          for (int64_t c = 0; c < C; ++c) d[c] += scaled[c];
+        }
+    }
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -515,7 +574,41 @@ void avg_pool2d_grad_input_cpu(const T* grad_output, T* grad_input, const Pool2d
   }
 }
 
+template <typename T>
+void avg_pool2d_forward_nhwc_cpu(const T* input, T* output, int64_t C, const Pool2dShape& s,
+                                 bool count_include_pad, int64_t divisor_override) {
+  const int64_t N = C > 0 ? s.planes / C : 0;
+  const int64_t work = s.planes * s.OH * s.OW * s.kernel_h * s.kernel_w;
+  const ColumnWindows cols(s);
+#pragma omp parallel for collapse(2) schedule(static) if (work > kParallelWork)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t oh = 0; oh < s.OH; ++oh)
+      avg_row_nhwc(input + n * s.H * s.W * C, output + (n * s.OH + oh) * s.OW * C, cols, s, C,
+                   oh, count_include_pad, divisor_override);
+}
+
+template <typename T>
+void avg_pool2d_grad_input_nhwc_cpu(const T* grad_output, T* grad_input, int64_t C,
+                                    const Pool2dShape& s, bool count_include_pad,
+                                    int64_t divisor_override) {
+  const int64_t N = C > 0 ? s.planes / C : 0;
+  const int64_t work = s.planes * s.OH * s.OW * s.kernel_h * s.kernel_w;
+  const ColumnWindows cols(s);
+#pragma omp parallel if (work > kParallelWork)
+  {
+    std::vector<T> scaled(C);  // one output pixel's grad / divisor
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n)
+      avg_backward_image_nhwc(grad_output + n * s.OH * s.OW * C, grad_input + n * s.H * s.W * C,
+                              scaled.data(), cols, s, C, count_include_pad, divisor_override);
+  }
+}
+
 #define CNNOPS_INSTANTIATE(T)                                                             \
+  template void avg_pool2d_forward_nhwc_cpu<T>(const T*, T*, int64_t, const Pool2dShape&,   \
+                                               bool, int64_t);                              \
+  template void avg_pool2d_grad_input_nhwc_cpu<T>(const T*, T*, int64_t, const Pool2dShape&, \
+                                                  bool, int64_t);                           \
   template void avg_pool2d_forward_cpu<T>(const T*, T*, const Pool2dShape&, bool, int64_t); \
   template void avg_pool2d_grad_input_cpu<T>(const T*, T*, const Pool2dShape&, bool, int64_t);
 CNNOPS_INSTANTIATE(float)

@@ -48,6 +48,15 @@ void avg_pool2d_forward_cpu(const T* input, T* output, const Pool2dShape& s,
 template <typename T>
 void avg_pool2d_grad_input_cpu(const T* grad_output, T* grad_input, const Pool2dShape& s,
                              bool count_include_pad, int64_t divisor_override);
+// Channels-last: input / grad_input (N, H, W, C) and output / grad_output (N, OH, OW, C)
+// dense, s.planes = N * C.
+template <typename T>
+void avg_pool2d_forward_nhwc_cpu(const T* input, T* output, int64_t C, const Pool2dShape& s,
+                                 bool count_include_pad, int64_t divisor_override);
+template <typename T>
+void avg_pool2d_grad_input_nhwc_cpu(const T* grad_output, T* grad_input, int64_t C,
+                                    const Pool2dShape& s, bool count_include_pad,
+                                    int64_t divisor_override);
 
 // conv2d forward algorithms, as the `algo` argument of cnnops::conv2d.
 enum ConvAlgo : int64_t {
