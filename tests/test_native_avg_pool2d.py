@@ -298,3 +298,33 @@ def test_channels_last_opcheck(shape):
     assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
     torch.library.opcheck(torch.ops.cnnops.avg_pool2d_grad_input.default,
                           (torch.randn_like(out), x.detach(), *args))
+
+
+@pytest.mark.parametrize("isa", _ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("options", [(False, True, None), (True, False, None), (True, True, 3)])
+@pytest.mark.parametrize("shape,kernel_size,stride,padding", [
+    ((2, 3, 19, 40), 3, 1, 1), ((1, 2, 23, 37), (3, 4), (2, 1), (1, 2)), ((2, 2, 12, 9), (3, 1), (2, 1), (1, 0)),
+    ((1, 1, 8, 70), 5, 1, 2), ((3, 2, 6, 5), 3, 1, 0)])
+def test_grad_stride_w_1_bit_equal(shape, kernel_size, stride, padding, options, dtype, isa,
+                                   monkeypatch):
+    """The stride_w 1 backward (AVX-512: a gather, each input summing the outputs that cover it
+    in output order) gives ATen's bits; the portable kernel its values."""
+    monkeypatch.setenv("CNNOPS_CPU_ISA", isa)
+    ceil_mode, count_include_pad, divisor_override = options
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g, dtype=dtype)
+    want = F.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                        divisor_override)
+    grad = torch.randn(want.shape, generator=g, dtype=dtype)
+    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
+    args = (pair(kernel_size), pair(stride), pair(padding))
+    want_grad = torch.ops.aten.avg_pool2d_backward(grad, x, *args, ceil_mode, count_include_pad,
+                                                   divisor_override)
+    got_grad = torch.ops.cnnops.avg_pool2d_grad_input(grad, x, *args, count_include_pad,
+                                                      divisor_override)
+    if isa == "avx512":
+        assert torch.equal(got_grad, want_grad)
+    else:  # the portable scatter adds tap by tap: the same terms in another order
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        _assert_close(got_grad, want_grad, tol, tol, "grad_input")

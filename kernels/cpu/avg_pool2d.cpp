@@ -11,7 +11,8 @@
 // active (cpu_isa_active()) and stride_w 1 or 2 the other forwards run avg_rows_avx512
 // (masked chunks along the output row, max_pool2d.cpp's scheme; bit-equal to ATen).
 // Channels-last input has its own forward and backward (avg_pool2d_*_nhwc_cpu, the vector
-// over channels).
+// over channels). The backward with stride_w 1 under AVX-512 is a gather
+// (avg_backward_plane_gather_s1: each grad_input element written once, ATen's sums).
 #include <algorithm>
 #include <type_traits>
 #include <vector>
@@ -434,6 +435,77 @@ CNNOPS_AVG_TARGET void avg_plane_rows_avx512(const T* in_plane, T* out_plane, co
     }
   }
 }
+
+// Backward, stride_w 1 (AVX-512): a gather instead of a scatter. grad_input[ih][iw] is the sum
+// of grad / divisor over the outputs whose window holds (ih, iw); ATen adds them output by
+// output ((oh, ow) increasing) into a zeroed plane, so for each input element the terms
+// arrive in (oh, ow) order. Here a vector of 16 (8) consecutive iw sums, for each covering
+// output row oh in increasing order, the scaled output row at ow = iw + pad_w - kw for kw
+// from KW - 1 down to 0 (ow increasing), masked to 0 <= ow < OW (a masked lane adds +0,
+// which changes no sum that starts at +0): ATen's sums, in one pass that writes each
+// grad_input element once (no zero fill, no read-modify-write).
+template <typename T>
+CNNOPS_AVG_TARGET void avg_backward_plane_gather_s1(const T* gout, T* gin, T* scaled,
+                                                    const AvgPlan<T>& p,
+                                                    const ColumnWindows& cols,
+                                                    const Pool2dShape& s, bool count_include_pad,
+                                                    int64_t divisor_override) {
+  using A = AvgAvx512<T>;
+  constexpr int L = A::kLanes;
+  // scaled = grad / divisor (ATen's grad_delta); the divisor row part * column part (exact)
+  for (int64_t oh = 0; oh < s.OH; ++oh) {
+    int64_t h0, h1;
+    const int64_t padded_h = avg_window(oh, s.H, s.kernel_h, s.stride_h, s.pad_h, &h0, &h1);
+    const T row_part = static_cast<T>(
+        divisor_override != 0 ? divisor_override : count_include_pad ? padded_h : h1 - h0);
+    const T* __restrict__ col_part = p.col_part.data();
+    const T* __restrict__ g = gout + oh * s.OW;
+    T* __restrict__ out = scaled + oh * s.OW;
+    for (int64_t ow = 0; ow < s.OW; ++ow) out[ow] = g[ow] / (row_part * col_part[ow]);
+  }
+  const int64_t KW = s.kernel_w, chunks = (s.W + L - 1) / L;
+  for (int64_t ih = 0; ih < s.H; ++ih) {
+    // output rows whose window holds ih: oh * sh - ph + kh = ih, 0 <= kh < KH
+    const int64_t top = ih + s.pad_h - (s.kernel_h - 1);
+    const int64_t oh_lo = top <= 0 ? 0 : ceil_div(top, s.stride_h);
+    const int64_t oh_hi = std::min(s.OH, (ih + s.pad_h) / s.stride_h + 1);
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t iw0 = c * L;
+      const uint32_t* mask = p.load_mask.data() + c * KW;  // [chunk][kw]
+      typename A::V sum = A::zero();
+      for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+        const T* row = scaled + oh * s.OW + iw0 + s.pad_w;
+#pragma GCC unroll 4
+        for (int64_t kw = KW - 1; kw >= 0; --kw) sum = A::add(sum, A::load(mask[kw], row - kw));
+      }
+      A::store(gin + ih * s.W + iw0, p.store_mask[c], sum);
+    }
+  }
+}
+
+// Per call: per input chunk c (16 / 8 columns from c * L) and tap kw the mask of lanes j
+// with 0 <= c * L + j + pad_w - kw < OW (stored in AvgPlan::load_mask as [chunk][kw]), the
+// store mask of columns < W, and the column part of each output's divisor (col_part[ow]).
+template <typename T>
+void plan_gather_s1(AvgPlan<T>& p, const ColumnWindows& cols, const Pool2dShape& s,
+                    bool count_include_pad, int64_t divisor_override) {
+  constexpr int L = AvgAvx512<T>::kLanes;
+  const int64_t chunks = (s.W + L - 1) / L;
+  p.ow0.clear();
+  p.col_part.assign(s.OW, T(1));  // [ow] here
+  if (divisor_override == 0)
+    for (int64_t ow = 0; ow < s.OW; ++ow)
+      p.col_part[ow] = static_cast<T>(count_include_pad ? cols.padded[ow] : cols.clipped[ow]);
+  p.load_mask.assign(chunks * s.kernel_w, 0);
+  p.store_mask.assign(chunks, 0);
+  for (int64_t c = 0; c < chunks; ++c) {
+    for (int j = 0; j < L; ++j)
+      if (c * L + j < s.W) p.store_mask[c] |= uint32_t(1) << j;
+    for (int64_t kw = 0; kw < s.kernel_w; ++kw)
+      p.load_mask[c * s.kernel_w + kw] =
+          avg_column_mask(c * L + s.pad_w - kw, s.OW, L) & p.store_mask[c];
+  }
+}
 #endif  // CNNOPS_AVG_AVX512
 
 
@@ -564,6 +636,23 @@ void avg_pool2d_grad_input_cpu(const T* grad_output, T* grad_input, const Pool2d
                                   divisor);
     return;
   }
+#ifdef CNNOPS_AVG_AVX512
+  if (cpu_isa_active() == CpuIsa::kAvx512 && s.stride_w == 1) {
+    static thread_local AvgPlan<T> my_plan;  // the calling thread's; the team reads it
+    plan_gather_s1(my_plan, cols, s, count_include_pad, divisor_override);
+    const AvgPlan<T>& plan = my_plan;
+#pragma omp parallel if (work > kParallelWork)
+    {
+      std::vector<T> scaled(s.OH * s.OW + 2 * 64);  // grad / divisor of one plane, + margins
+#pragma omp for schedule(static)
+      for (int64_t p = 0; p < s.planes; ++p)
+        avg_backward_plane_gather_s1(grad_output + p * s.OH * s.OW, grad_input + p * s.H * s.W,
+                                     scaled.data() + 64, plan, cols, s, count_include_pad,
+                                     divisor_override);
+    }
+    return;
+  }
+#endif
 #pragma omp parallel if (work > kParallelWork)
   {
     std::vector<T> scaled(s.OW);  // one row of grad_output / divisor
