@@ -447,7 +447,6 @@ CNNOPS_AVG_TARGET void avg_plane_rows_avx512(const T* in_plane, T* out_plane, co
 template <typename T>
 CNNOPS_AVG_TARGET void avg_backward_plane_gather_s1(const T* gout, T* gin, T* scaled,
                                                     const AvgPlan<T>& p,
-                                                    const ColumnWindows& cols,
                                                     const Pool2dShape& s, bool count_include_pad,
                                                     int64_t divisor_override) {
   using A = AvgAvx512<T>;
@@ -647,7 +646,7 @@ void avg_pool2d_grad_input_cpu(const T* grad_output, T* grad_input, const Pool2d
 #pragma omp for schedule(static)
       for (int64_t p = 0; p < s.planes; ++p)
         avg_backward_plane_gather_s1(grad_output + p * s.OH * s.OW, grad_input + p * s.H * s.W,
-                                     scaled.data() + 64, plan, cols, s, count_include_pad,
+                                     scaled.data() + 64, plan, s, count_include_pad,
                                      divisor_override);
     }
     return;

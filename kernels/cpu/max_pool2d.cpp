@@ -172,6 +172,10 @@ CNNOPS_SIMD_CLONES void max_pool_row(const T* in_plane, T* out_row, int64_t* idx
 // (v > best ? v : best; a NaN best stays; a NaN v is taken by the mask of ordered lanes).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define CNNOPS_POOL_X86 1
+// GCC 12's own intrinsic headers (_mm512_castsi512_si256 and friends, via _mm256_undefined_*)
+// trip -Wmaybe-uninitialized where they are inlined; nothing here is uninitialised.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #define CNNOPS_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
 #define CNNOPS_AVX512_INLINE CNNOPS_TARGET_AVX512 inline __attribute__((always_inline))
 #define CNNOPS_AVX512_INLINE_LAMBDA __attribute__((always_inline, target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
@@ -710,6 +714,7 @@ RowFn vector_row_kernel(const Pool2dShape& s, bool with_indices, int* lanes) {
     return with_indices ? pick_kernel_w<T, 1, true>(kw, avx512) : pick_kernel_w<T, 1, false>(kw, avx512);
   return with_indices ? pick_kernel_w<T, 2, true>(kw, avx512) : pick_kernel_w<T, 2, false>(kw, avx512);
 }
+#pragma GCC diagnostic pop
 #endif  // CNNOPS_POOL_X86
 
 // ---- channels-last (NHWC) forward --------------------------------------------------------
