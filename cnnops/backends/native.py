@@ -18,9 +18,10 @@ The C++ binding (kernels/binding) computes no output size: the forward ops take
 backward ops read it off grad_output. The binding checks only invariants that keep its raw
 pointers in bounds; user errors are raised before, by cnnops/_validate.py.
 
-conv2d and pooling compute in NCHW: channels-last input is copied to NCHW first, and
-`cnnops.functional` gives the output PyTorch's memory format. batch_norm, max_pool2d and
-avg_pool2d (forward and grad_input) read a dense channels-last input in place on the CPU.
+conv2d computes in NCHW: channels-last input is copied to NCHW first, and
+`cnnops.functional` gives the output PyTorch's memory format. On the CPU, batch_norm,
+max_pool2d and avg_pool2d (forward and grad_input) read a dense channels-last input in place
+and return channels-last (pooling on CUDA copies to NCHW).
 """
 from __future__ import annotations
 
@@ -144,42 +145,38 @@ def _conv2d_grad_bias_fake(grad_output):
     return grad_output.new_empty((grad_output.shape[1],))
 
 
-def _pool_reads_channels_last(input) -> bool:
-    """max and avg pooling read a dense channels-last CPU input in place and return
-    channels-last outputs (and indices, grad_input) (reads_channels_last in
-    kernels/binding/ops.cpp)."""
-    return (input.device.type == "cpu" and not input.is_contiguous()
-            and input.is_contiguous(memory_format=torch.channels_last))
+def _pool_empty(input, shape, dtype=None):
+    """An empty pooling result of `shape`: channels-last when the ops read `input` in place as
+    dense channels-last (a CPU input that is channels-last and not NCHW-contiguous:
+    reads_channels_last in kernels/binding/ops.cpp), else NCHW."""
+    channels_last = (input.device.type == "cpu" and not input.is_contiguous()
+                     and input.is_contiguous(memory_format=torch.channels_last))
+    out = input.new_empty(shape, dtype=dtype)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, output_size):
     shape = (*input.shape[:2], *output_size)
-    fmt = torch.channels_last if _pool_reads_channels_last(input) else torch.contiguous_format
-    return (input.new_empty(shape).contiguous(memory_format=fmt),
-            input.new_empty(shape, dtype=torch.int64).contiguous(memory_format=fmt))
+    return _pool_empty(input, shape), _pool_empty(input, shape, torch.int64)
 
 
 def _max_pool2d_values_fake(input, kernel_size, stride, padding, dilation, output_size):
-    fmt = torch.channels_last if _pool_reads_channels_last(input) else torch.contiguous_format
-    return input.new_empty((*input.shape[:2], *output_size)).contiguous(memory_format=fmt)
+    return _pool_empty(input, (*input.shape[:2], *output_size))
 
 
 def _max_pool2d_grad_input_fake(grad_output, input, indices, kernel_size, stride, padding,
                                 dilation):
-    fmt = torch.channels_last if _pool_reads_channels_last(input) else torch.contiguous_format
-    return input.new_empty(input.shape).contiguous(memory_format=fmt)
+    return _pool_empty(input, input.shape)
 
 
 def _avg_pool2d_fake(input, kernel_size, stride, padding, count_include_pad, divisor_override,
                      output_size):
-    fmt = torch.channels_last if _pool_reads_channels_last(input) else torch.contiguous_format
-    return input.new_empty((*input.shape[:2], *output_size)).contiguous(memory_format=fmt)
+    return _pool_empty(input, (*input.shape[:2], *output_size))
 
 
 def _avg_pool2d_grad_input_fake(grad_output, input, kernel_size, stride, padding,
                                 count_include_pad, divisor_override):
-    fmt = torch.channels_last if _pool_reads_channels_last(input) else torch.contiguous_format
-    return input.new_empty(input.shape).contiguous(memory_format=fmt)
+    return _pool_empty(input, input.shape)
 
 
 # ---- autograd -------------------------------------------------------------------------------
