@@ -4,7 +4,9 @@
 // Fakes (meta functions) and autograd are registered in Python: cnnops/backends/native.py.
 //
 // Every op takes NCHW tensors of any strides and makes them contiguous first: channels-last
-// input is copied to NCHW and the output is NCHW (cnnops.functional gives it PyTorch's layout).
+// input is copied to NCHW and the output is NCHW (cnnops.functional gives it PyTorch's layout);
+// except the CPU pooling ops, which read a dense channels-last input in place and return
+// channels-last (reads_channels_last).
 // The forward ops get the output (H, W) from their caller (cnnops.shapes, the one size rule);
 // the backward ops read it off grad_output. Checks are internal invariants (binding.h).
 #include <Python.h>
