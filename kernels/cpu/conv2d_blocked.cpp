@@ -33,6 +33,10 @@
 #include <cstring>
 #include <vector>
 
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #include "cpu_common.h"
 
 namespace cnnops {
@@ -80,6 +84,8 @@ struct BlockedConv {
   int xs;                            // distance of neighbouring pixels in x: 1 or 16
   bool relu;
   int64_t batch;  // > 0: batch-inner copy, pixel q is image q % batch at position q / batch
+  bool vec_out;   // the unit's tiles go to a per-thread buffer, written out transposed (below)
+  int isa;        // CpuIsa, for that write
 };
 
 // One unit of work: J channel blocks starting at block `ocb`, `tiles` tiles of P pixels.
@@ -94,6 +100,16 @@ struct TileItem {
 constexpr int64_t kChunkWeightBytes = 24 << 10;
 constexpr int64_t kPartialBytes = 64 << 10;
 
+// The per-thread buffer of a unit's results (vec_out), grown when a unit needs more.
+float* unit_out_buffer(int64_t floats) {
+  static thread_local std::vector<float> buf;
+  if (buf.size() < static_cast<size_t>(floats + 16)) buf.resize(floats + 16);
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+}
+
+void write_unit(const BlockedConv& c, int64_t n, int ocb, int J, int64_t qbase, int64_t span,
+                const float* buf);
+
 float* partial_buffer() {
   static thread_local std::vector<float> buf;
   if (buf.empty()) buf.resize(kPartialBytes / sizeof(float) + 16);
@@ -104,13 +120,19 @@ template <int VW, int J, int P, int XS>
 CNNOPS_INLINE void unit(const BlockedConv& c, int64_t n, const TileItem& t) {
   const int64_t kc = std::max<int64_t>(1, kChunkWeightBytes / (J * VW * int64_t(sizeof(float))));
   float* partial = c.K > kc ? partial_buffer() : nullptr;
+  // vec_out: the tiles' sums land in a buffer [J][span][VW] over the unit's pixel range (the
+  // tiles of a unit are in pixel order), which write_unit transposes into the output
+  const int64_t qbase = t.q0[0], span = t.q0[t.tiles - 1] + P - qbase;
+  float* out_buf = c.vec_out ? unit_out_buffer(J * span * VW) : nullptr;
   for (int64_t k0 = 0; k0 < c.K; k0 += kc) {
     const int64_t k1 = std::min(c.K, k0 + kc);
     for (int i = 0; i < t.tiles; ++i) {
       tile<VW, J, P, XS>(c, n, t.ocb, t.q0[i], k0, k1, k0 == 0, k1 == c.K,
-                     partial ? partial + i * (J * P * VW) : nullptr);
+                         partial ? partial + i * (J * P * VW) : nullptr,
+                         out_buf ? out_buf + (t.q0[i] - qbase) * VW : nullptr, span * VW);
     }
   }
+  if (out_buf) write_unit(c, n, t.ocb, J, qbase, span, out_buf);
 }
 
 // Writes a tile of accumulators (buf[j][p][VW]) to the output (NCHW, or every sh-th row and
@@ -158,7 +180,8 @@ struct FloatVec<8> { typedef float type __attribute__((vector_size(32))); };
 // `last`: write the output (else save the sums to `partial`, J * P * VW floats).
 template <int VW, int J, int P, int XS>
 CNNOPS_INLINE void tile(const BlockedConv& c, int64_t n, int ocb, int64_t q0, int64_t k0,
-                        int64_t k1, bool first, bool last, float* __restrict__ partial) {
+                        int64_t k1, bool first, bool last, float* __restrict__ partial,
+                        float* __restrict__ out_buf, int64_t out_block) {
   using V = typename FloatVec<VW>::type;
   const float* __restrict__ x = c.x + n * c.x_image + q0 * XS;
   const float* __restrict__ w = c.w + int64_t(ocb) * c.K * VW;
@@ -189,6 +212,14 @@ CNNOPS_INLINE void tile(const BlockedConv& c, int64_t n, int ocb, int64_t q0, in
 #pragma GCC unroll 4
       for (int j = 0; j < J; ++j) acc[j][p] += xb * wv[j];
     }
+  }
+  if (last && out_buf) {  // vec_out: [J][span][VW], this tile's pixels at their place
+#pragma GCC unroll 4
+    for (int j = 0; j < J; ++j)
+#pragma GCC unroll 28
+      for (int p = 0; p < P; ++p)
+        std::memcpy(out_buf + j * out_block + p * VW, &acc[j][p], sizeof(V));
+    return;
   }
   alignas(64) float buf[J * P * VW];
   float* dst = last ? buf : partial;
@@ -236,6 +267,155 @@ void run_baseline(const BlockedConv& c, int64_t n, const TileItem& t) {
   (c.xs == 16 ? unit<8, 1, 6, 16>(c, n, t) : unit<8, 1, 6, 1>(c, n, t));
 }
 
+
+
+// ---- vec_out: a unit's results [J][span][VW] (pixel-major, VW channels a pixel) written to
+// NCHW output by VW x VW transposes: VW pixels of one output row x VW channels become VW
+// channel rows of VW pixels, stored (masked) as whole vectors. Bias and ReLU are added before
+// the transpose, where a vector holds VW channels. Replaces one scalar store per output value
+// (as much time as the FMAs on layers with short reductions: LeNet's 6 -> 16 5x5 has 150).
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+CNNOPS_TARGET_AVX512 void write_unit_avx512(const BlockedConv& c, int64_t n, int ocb, int J,
+                                            int64_t qbase, int64_t span, const float* buf) {
+  float* out_n = c.out + n * c.out_image;
+  const __m512 zero = _mm512_setzero_ps();
+  for (int j = 0; j < J; ++j) {
+    const int64_t oc0 = int64_t(ocb + j) * 16;
+    const int lanes = static_cast<int>(std::min<int64_t>(16, c.C_out - oc0));
+    const __mmask16 lane_mask = static_cast<__mmask16>((1u << lanes) - 1);
+    const __m512 bias = c.bias ? _mm512_maskz_loadu_ps(lane_mask, c.bias + oc0) : zero;
+    const float* src = buf + j * span * 16;
+    for (int64_t q = qbase; q < qbase + span;) {
+      const int64_t oh = q / c.Wq, ow = q - oh * c.Wq;
+      const int64_t row_end = std::min(qbase + span, q - ow + c.Wq);  // end of this row's part
+      if (oh >= c.OH || ow >= c.OW) {  // padding columns (or past the last row)
+        q = row_end;
+        continue;
+      }
+      const int64_t valid_end = std::min(row_end, q - ow + c.OW);
+      for (; q < valid_end; q += 16) {
+        const int cnt = static_cast<int>(std::min<int64_t>(16, valid_end - q));
+        __m512 r[16], t[16];
+        for (int i = 0; i < 16; ++i) {
+          __m512 v = i < cnt ? _mm512_load_ps(src + (q - qbase + i) * 16) : zero;
+          v = _mm512_add_ps(v, bias);
+          // ReLU keeps NaN (a NaN compares false), as torch does
+          if (c.relu) v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
+          r[i] = v;
+        }
+        for (int i = 0; i < 8; ++i) {
+          t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+          t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        for (int i = 0; i < 4; ++i) {
+          r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+          r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+          r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+          r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+        }
+        for (int i = 0; i < 4; ++i) {
+          t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+          t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+          t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+          t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+        }
+        for (int i = 0; i < 4; ++i) {
+          r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+          r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+          r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+          r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+        }
+        const __mmask16 m = static_cast<__mmask16>((1u << cnt) - 1);
+        float* dst = out_n + oc0 * c.out_plane + oh * c.out_row + (q - (oh * c.Wq));
+        for (int l = 0; l < lanes; ++l) _mm512_mask_storeu_ps(dst + l * c.out_plane, m, r[l]);
+      }
+      q = row_end;
+    }
+  }
+}
+
+CNNOPS_TARGET_AVX2 void write_unit_avx2(const BlockedConv& c, int64_t n, int ocb, int J,
+                                        int64_t qbase, int64_t span, const float* buf) {
+  float* out_n = c.out + n * c.out_image;
+  const __m256 zero = _mm256_setzero_ps();
+  for (int j = 0; j < J; ++j) {
+    const int64_t oc0 = int64_t(ocb + j) * 8;
+    const int lanes = static_cast<int>(std::min<int64_t>(8, c.C_out - oc0));
+    alignas(32) float bias_lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int l = 0; l < lanes && c.bias; ++l) bias_lanes[l] = c.bias[oc0 + l];
+    const __m256 bias = _mm256_load_ps(bias_lanes);
+    const float* src = buf + j * span * 8;
+    for (int64_t q = qbase; q < qbase + span;) {
+      const int64_t oh = q / c.Wq, ow = q - oh * c.Wq;
+      const int64_t row_end = std::min(qbase + span, q - ow + c.Wq);
+      if (oh >= c.OH || ow >= c.OW) {
+        q = row_end;
+        continue;
+      }
+      const int64_t valid_end = std::min(row_end, q - ow + c.OW);
+      for (; q < valid_end; q += 8) {
+        const int cnt = static_cast<int>(std::min<int64_t>(8, valid_end - q));
+        __m256 r[8], t[8];
+        for (int i = 0; i < 8; ++i) {
+          __m256 v = i < cnt ? _mm256_load_ps(src + (q - qbase + i) * 8) : zero;
+          v = _mm256_add_ps(v, bias);
+          if (c.relu) v = _mm256_blendv_ps(v, zero, _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+          r[i] = v;
+        }
+        for (int i = 0; i < 4; ++i) {
+          t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+          t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        for (int i = 0; i < 2; ++i) {
+          r[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+          r[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+          r[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+          r[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+        }
+        for (int i = 0; i < 4; ++i) {
+          t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+          t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+        }
+        alignas(32) int32_t mask_lanes[8];
+        for (int i = 0; i < 8; ++i) mask_lanes[i] = i < cnt ? -1 : 0;
+        const __m256i m = _mm256_load_si256(reinterpret_cast<const __m256i*>(mask_lanes));
+        float* dst = out_n + oc0 * c.out_plane + oh * c.out_row + (q - (oh * c.Wq));
+        for (int l = 0; l < lanes; ++l) _mm256_maskstore_ps(dst + l * c.out_plane, m, t[l]);
+      }
+      q = row_end;
+    }
+  }
+}
+#endif
+
+// The portable writer (baseline ISA), value by value.
+void write_unit_scalar(const BlockedConv& c, int64_t n, int ocb, int J, int64_t qbase,
+                       int64_t span, const float* buf) {
+  const int VW = 8;
+  float* out_n = c.out + n * c.out_image;
+  for (int j = 0; j < J; ++j) {
+    const int64_t oc0 = int64_t(ocb + j) * VW;
+    const int lanes = static_cast<int>(std::min<int64_t>(VW, c.C_out - oc0));
+    for (int64_t q = qbase; q < qbase + span; ++q) {
+      const int64_t oh = q / c.Wq, ow = q - oh * c.Wq;
+      if (oh >= c.OH || ow >= c.OW) continue;
+      for (int l = 0; l < lanes; ++l) {
+        float v = buf[(j * span + q - qbase) * VW + l] + (c.bias ? c.bias[oc0 + l] : 0.0f);
+        if (c.relu && v < 0.0f) v = 0.0f;
+        out_n[(oc0 + l) * c.out_plane + oh * c.out_row + ow] = v;
+      }
+    }
+  }
+}
+
+void write_unit(const BlockedConv& c, int64_t n, int ocb, int J, int64_t qbase, int64_t span,
+                const float* buf) {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+  if (c.isa == static_cast<int>(CpuIsa::kAvx512)) return write_unit_avx512(c, n, ocb, J, qbase, span, buf);
+  if (c.isa == static_cast<int>(CpuIsa::kAvx2)) return write_unit_avx2(c, n, ocb, J, qbase, span, buf);
+#endif
+  write_unit_scalar(c, n, ocb, J, qbase, span, buf);
+}
 
 // ---- Thin output (C_out < 16): the vector runs over VW consecutive output pixels instead.
 // A register tile holds OC output channels x PV pixel vectors; per reduction step k it loads PV
@@ -371,6 +551,11 @@ CNNOPS_TARGET_AVX2 void thin_avx2(const ThinConv& c, int oc_block, int64_t n, in
 }
 void thin_baseline(const ThinConv& c, int oc_block, int64_t n, int64_t ob, const int64_t* vq) {
   thin_dispatch<8, kThinPvBaseline>(c, oc_block, n, ob, vq);
+}
+
+bool vec_out_enabled() {
+  const char* env = std::getenv("CNNOPS_CPU_VEC_OUT");
+  return !(env && env[0] == '0');
 }
 
 // Per-call buffers, kept by the calling thread and reused (no allocation once they are big
@@ -779,7 +964,11 @@ void conv2d_blocked_forward(const BlockedForward& f) {
   BlockedConv c{x,          x_image,     wr,        K,         ws.off.data(), f.bias,
                 f.out,      f.out_image, f.out_plane, f.out_row, f.out_col,   s.C_out,
                 s.OH,       s.OW,        Wq,        total,     blocked_in ? 16 : 1, f.relu,
-                batch_inner ? s.N : 0};
+                batch_inner ? s.N : 0,
+                // vec_out: NCHW output with unit column stride (not grad_input's phases) and
+                // per-image tiles; CNNOPS_CPU_VEC_OUT=0 turns it off (to measure it)
+                !batch_inner && f.out_col == 1 && vec_out_enabled(),
+                static_cast<int>(isa)};
   const int64_t items = static_cast<int64_t>(ws.items.size());
   const TileItem* item = ws.items.data();
   // Order of the work: image by image (the image's input copy stays in L2 for all its items)
