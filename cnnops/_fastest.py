@@ -142,7 +142,9 @@ def _mismatch(result: tuple, reference: tuple, dtype: torch.dtype, device) -> st
         tol = 1e-2  # TF32 on either side
     for i, (a, b) in enumerate(zip(result, reference)):
         if a is None or b is None:
-            if (a is None) != (b is None):
+            other = b if a is None else a
+            # pooling indices nobody asked for: a backend may skip them (values-only forward)
+            if other is not None and other.is_floating_point():
                 return f"result {i}: one backend gives None"
             continue
         if a.shape != b.shape:

@@ -56,7 +56,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     call = _validate.pool2d_args(input, kernel_size, stride, padding, dilation, ceil_mode)
     out, indices = dispatch("max_pool2d", backend,
                             (call.input, call.kernel_size, call.stride, call.padding,
-                             call.dilation, call.ceil_mode),
+                             call.dilation, call.ceil_mode, bool(return_indices)),
                             {"input": call.input}, _pool_numel(call))
     fmt = _memory_format(input)
     out = _finish(out, fmt, call.unbatched)

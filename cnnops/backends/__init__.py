@@ -62,8 +62,10 @@ class Backend:
     def conv2d(self, input, weight, bias, stride, padding, dilation, groups, activation):
         raise BackendUnavailableError(f"backend {self.name!r} has no conv2d")
 
-    def max_pool2d(self, input, kernel_size, stride, padding, dilation, ceil_mode):
-        """Returns (output, indices); indices are int64 flat h * W + w per plane."""
+    def max_pool2d(self, input, kernel_size, stride, padding, dilation, ceil_mode,
+                   need_indices=True):
+        """Returns (output, indices); indices are int64 flat h * W + w per plane. With
+        need_indices=False (the caller discards them) a backend may return None indices."""
         raise BackendUnavailableError(f"backend {self.name!r} has no max_pool2d")
 
     def avg_pool2d(self, input, kernel_size, stride, padding, ceil_mode, count_include_pad,

@@ -18,7 +18,8 @@ class ReferenceBackend(Backend):
         return reference.conv2d(input, weight, bias, stride, padding, dilation, groups,
                                 activation)
 
-    def max_pool2d(self, input, kernel_size, stride, padding, dilation, ceil_mode):
+    def max_pool2d(self, input, kernel_size, stride, padding, dilation, ceil_mode,
+                   need_indices=True):
         return reference.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
 
     def avg_pool2d(self, input, kernel_size, stride, padding, ceil_mode, count_include_pad,

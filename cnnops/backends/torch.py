@@ -15,7 +15,8 @@ class TorchBackend(Backend):
         out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
         return F.relu(out) if activation == "relu" else out
 
-    def max_pool2d(self, input, kernel_size, stride, padding, dilation, ceil_mode):
+    def max_pool2d(self, input, kernel_size, stride, padding, dilation, ceil_mode,
+                   need_indices=True):
         return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode,
                             return_indices=True)
 

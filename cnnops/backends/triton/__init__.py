@@ -134,7 +134,8 @@ class TritonBackend(Backend):
         return ops().conv2d.conv2d(input, weight, bias, list(stride), list(padding),
                                    list(dilation), groups, activation == "relu")
 
-    def max_pool2d(self, input, kernel_size, stride, padding, dilation, ceil_mode):
+    def max_pool2d(self, input, kernel_size, stride, padding, dilation, ceil_mode,
+                   need_indices=True):
         return ops().max_pool2d.max_pool2d(input, list(kernel_size), list(stride),
                                            list(padding), list(dilation), bool(ceil_mode))
 
