@@ -20,6 +20,30 @@ needs_cuda = pytest.mark.skipif(NATIVE_CUDA_REASON is not None,
 TRITON_DEVICE = "cuda" if ON_GPU else "cpu"
 
 
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+CPU_FLAGS = _cpu_flags()
+_ISA_FLAGS = {"avx512": {"avx512f", "avx512vl", "avx512bw", "avx512dq"}, "avx2": {"avx2", "fma"},
+              "baseline": set()}
+
+
+def cpu_isas(*names):
+    """The CNNOPS_CPU_ISA variants `names` (default: all three) as pytest params, those the
+    CPU lacks skipped."""
+    return [pytest.param(name, marks=pytest.mark.skipif(not _ISA_FLAGS[name] <= CPU_FLAGS,
+                                                        reason=f"CPU has no {name}"))
+            for name in names or ("avx512", "avx2", "baseline")]
+
+
 def skip_module_without_triton():
     """Skips the calling test module when the triton backend cannot run here."""
     pytest.importorskip("triton")

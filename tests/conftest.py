@@ -1,5 +1,6 @@
 import os
 
+import pytest
 import torch
 
 # The Triton backend runs CPU tensors only in Triton's interpreter, which reads this variable
@@ -19,6 +20,22 @@ def backends_under_test(device="cpu", op=None):
     return [b for b in cnnops.available_backends(device) if b != "torch"
             and (op is None or cnnops.get_backend(b).implements(op))]
 
+
+
+@pytest.fixture
+def isa(request, monkeypatch):
+    """`parametrize("isa", cpu_isas(), indirect=True)`: CNNOPS_CPU_ISA set for the test."""
+    monkeypatch.setenv("CNNOPS_CPU_ISA", request.param)
+    return request.param
+
+
+@pytest.fixture
+def threads(request):
+    """`parametrize("threads", [1, 2], indirect=True)`: torch's thread count for the test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
 
 
 def pytest_terminal_summary(terminalreporter):

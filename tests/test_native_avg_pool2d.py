@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import cnnops
 from differential import assert_close as _assert_close
 
-from backend_support import native_only, needs_cuda
+from backend_support import cpu_isas, native_only, needs_cuda
 from cnnops.shapes import pool2d_output_hw
 
 pytestmark = native_only
@@ -219,20 +219,7 @@ def test_global_bit_equal(shape, dtype, divisor_override):
                   0, 0, "grad_input")
 
 
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-_ISAS = [pytest.param("avx512", marks=pytest.mark.skipif(
-    not {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= _cpu_flags(), reason="no AVX-512")),
-    "baseline"]
+_ISAS = cpu_isas("avx512", "baseline")  # avg_pool2d has no AVX2 variant
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -17,45 +17,13 @@ import torch
 import torch.nn.functional as F
 
 import cnnops
-from backend_support import native_only
+from backend_support import cpu_isas, native_only
 from differential import assert_close
 
 pytestmark = native_only
 
 
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-_FLAGS = _cpu_flags()
-_ISAS = [
-    pytest.param("avx512", marks=pytest.mark.skipif(
-        not {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= _FLAGS, reason="no AVX-512")),
-    pytest.param("avx2", marks=pytest.mark.skipif(not {"avx2", "fma"} <= _FLAGS,
-                                                  reason="no AVX2")),
-    "baseline",
-]
-
-
-@pytest.fixture
-def isa(request, monkeypatch):
-    monkeypatch.setenv("CNNOPS_CPU_ISA", request.param)
-    return request.param
-
-
-@pytest.fixture
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
+_ISAS = cpu_isas()
 
 
 # name: (input shape, C_out, kernel (kh, kw), kwargs). Every one takes the blocked path

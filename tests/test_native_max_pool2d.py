@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import cnnops
 from differential import assert_close as _assert_close
 
-from backend_support import native_only, needs_cuda
+from backend_support import cpu_isas, native_only, needs_cuda
 from cnnops.shapes import pool2d_output_hw
 
 pytestmark = native_only
@@ -196,25 +196,7 @@ def test_cuda_opcheck():
 # other strides), picked per call by CNNOPS_CPU_ISA. Each must give torch's values
 # and indices bit for bit, with and without indices (max_pool2d_values), at 1 and 2 threads.
 
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-_FLAGS = _cpu_flags()
-_ISAS = [
-    pytest.param("avx512", marks=pytest.mark.skipif(
-        not {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= _FLAGS, reason="no AVX-512")),
-    pytest.param("avx2", marks=pytest.mark.skipif(not {"avx2", "fma"} <= _FLAGS,
-                                                  reason="no AVX2")),
-    "baseline",
-]
+_ISAS = cpu_isas()
 
 # shapes that give several chunks per row (W > 32), a last chunk shifted left, rows narrower
 # than a vector, wide strides and dilations, and the ResNet stem pool (reduced batch)
@@ -257,14 +239,6 @@ def _pair(v):
 
 def _bits(t):
     return t.view(torch.int32 if t.dtype == torch.float32 else torch.int64)
-
-
-@pytest.fixture
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
