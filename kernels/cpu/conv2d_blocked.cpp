@@ -33,11 +33,8 @@
 #include <cstring>
 #include <vector>
 
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
-
 #include "cpu_common.h"
+#include "cpu_simd.h"
 
 namespace cnnops {
 
@@ -104,7 +101,7 @@ constexpr int64_t kPartialBytes = 64 << 10;
 float* unit_out_buffer(int64_t floats) {
   static thread_local std::vector<float> buf;
   if (buf.size() < static_cast<size_t>(floats + 16)) buf.resize(floats + 16);
-  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+  return align64(buf.data());
 }
 
 void write_unit(const BlockedConv& c, int64_t n, int ocb, int J, int64_t qbase, int64_t span,
@@ -113,7 +110,7 @@ void write_unit(const BlockedConv& c, int64_t n, int ocb, int J, int64_t qbase, 
 float* partial_buffer() {
   static thread_local std::vector<float> buf;
   if (buf.empty()) buf.resize(kPartialBytes / sizeof(float) + 16);
-  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+  return align64(buf.data());
 }
 
 template <int VW, int J, int P, int XS>
@@ -167,14 +164,6 @@ __attribute__((noinline)) void store_tile(const BlockedConv& c, int64_t n, int o
   }
 }
 
-// VW floats as one GCC vector (a typedef with a dependent vector_size inside the template is
-// parsed as plain float by GCC 12, hence the specialisations).
-template <int VW>
-struct FloatVec;
-template <>
-struct FloatVec<16> { typedef float type __attribute__((vector_size(64))); };
-template <>
-struct FloatVec<8> { typedef float type __attribute__((vector_size(32))); };
 
 // Reduction steps [k0, k1) of the tile; `first`: start from zero (else from `partial`),
 // `last`: write the output (else save the sums to `partial`, J * P * VW floats).
@@ -239,13 +228,6 @@ constexpr TileShape kAvx512Shapes[] = {{4, 6}, {3, 8}, {2, 14}, {2, 12}, {1, 28}
 constexpr TileShape kAvx2Shapes[] = {{2, 6}, {1, 12}};
 constexpr TileShape kBaselineShapes[] = {{1, 6}};
 
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-#define CNNOPS_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
-#define CNNOPS_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define CNNOPS_TARGET_AVX512
-#define CNNOPS_TARGET_AVX2
-#endif
 
 CNNOPS_TARGET_AVX512 void run_avx512(const BlockedConv& c, int64_t n, const TileItem& t) {
   switch (t.J * 100 + t.P) {
@@ -274,11 +256,14 @@ void run_baseline(const BlockedConv& c, int64_t n, const TileItem& t) {
 // channel rows of VW pixels, stored (masked) as whole vectors. Bias and ReLU are added before
 // the transpose, where a vector holds VW channels. Replaces one scalar store per output value
 // (as much time as the FMAs on layers with short reductions: LeNet's 6 -> 16 5x5 has 150).
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#if CNNOPS_CPU_X86
 CNNOPS_TARGET_AVX512 void write_unit_avx512(const BlockedConv& c, int64_t n, int ocb, int J,
                                             int64_t qbase, int64_t span, const float* buf) {
   float* out_n = c.out + n * c.out_image;
   const __m512 zero = _mm512_setzero_ps();
+  // the zero-masking forms with an all-ones mask: GCC 12's plain ones pass an undefined
+  // source and warn (-Wmaybe-uninitialized); same instructions
+  const __mmask16 kAll = 0xFFFF;
   for (int j = 0; j < J; ++j) {
     const int64_t oc0 = int64_t(ocb + j) * 16;
     const int lanes = static_cast<int>(std::min<int64_t>(16, c.C_out - oc0));
@@ -304,26 +289,26 @@ CNNOPS_TARGET_AVX512 void write_unit_avx512(const BlockedConv& c, int64_t n, int
           r[i] = v;
         }
         for (int i = 0; i < 8; ++i) {
-          t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-          t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+          t[2 * i] = _mm512_maskz_unpacklo_ps(kAll, r[2 * i], r[2 * i + 1]);
+          t[2 * i + 1] = _mm512_maskz_unpackhi_ps(kAll, r[2 * i], r[2 * i + 1]);
         }
         for (int i = 0; i < 4; ++i) {
-          r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-          r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-          r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-          r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+          r[4 * i] = _mm512_maskz_shuffle_ps(kAll, t[4 * i], t[4 * i + 2], 0x44);
+          r[4 * i + 1] = _mm512_maskz_shuffle_ps(kAll, t[4 * i], t[4 * i + 2], 0xEE);
+          r[4 * i + 2] = _mm512_maskz_shuffle_ps(kAll, t[4 * i + 1], t[4 * i + 3], 0x44);
+          r[4 * i + 3] = _mm512_maskz_shuffle_ps(kAll, t[4 * i + 1], t[4 * i + 3], 0xEE);
         }
         for (int i = 0; i < 4; ++i) {
-          t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
-          t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
-          t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
-          t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+          t[i] = _mm512_maskz_shuffle_f32x4(kAll, r[i], r[i + 4], 0x88);
+          t[i + 4] = _mm512_maskz_shuffle_f32x4(kAll, r[i], r[i + 4], 0xDD);
+          t[i + 8] = _mm512_maskz_shuffle_f32x4(kAll, r[i + 8], r[i + 12], 0x88);
+          t[i + 12] = _mm512_maskz_shuffle_f32x4(kAll, r[i + 8], r[i + 12], 0xDD);
         }
         for (int i = 0; i < 4; ++i) {
-          r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-          r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
-          r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
-          r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+          r[i] = _mm512_maskz_shuffle_f32x4(kAll, t[i], t[i + 8], 0x88);
+          r[i + 4] = _mm512_maskz_shuffle_f32x4(kAll, t[i + 4], t[i + 12], 0x88);
+          r[i + 8] = _mm512_maskz_shuffle_f32x4(kAll, t[i], t[i + 8], 0xDD);
+          r[i + 12] = _mm512_maskz_shuffle_f32x4(kAll, t[i + 4], t[i + 12], 0xDD);
         }
         const __mmask16 m = static_cast<__mmask16>((1u << cnt) - 1);
         float* dst = out_n + oc0 * c.out_plane + oh * c.out_row + (q - (oh * c.Wq));
@@ -582,9 +567,6 @@ struct Workspace {
   std::vector<int64_t> vq;     // pixel-vector starts of the thin tiles, grouped by PV
   WeightEntry scratch;         // the packed weights of uncached calls
 };
-float* align64(float* p) {
-  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
-}
 Workspace& workspace() {
   static thread_local Workspace ws;
   return ws;

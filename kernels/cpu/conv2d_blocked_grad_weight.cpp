@@ -51,25 +51,14 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-#include <immintrin.h>
-#define CNNOPS_GW_X86 1
-#endif
 
 #include "cpu_common.h"
+#include "cpu_simd.h"
 
 namespace cnnops {
 
 namespace {
 
-template <int VW>
-struct GwVec;
-template <>
-struct GwVec<16> { typedef float type __attribute__((vector_size(64))); };
-template <>
-struct GwVec<8> { typedef float type __attribute__((vector_size(32))); };
-template <>
-struct GwVec<4> { typedef float type __attribute__((vector_size(16))); };
 
 // Accumulate pixels [0, np) into the tile's slot `acc_io` (J x E vectors; zero first when
 // `first`). g: grad_output of the first pixel at the tile's first channel block, CP floats
@@ -78,7 +67,7 @@ template <int VW, int J, int T, int RC>
 CNNOPS_INLINE void gw_tile(const float* __restrict__ g, int64_t CP, const int64_t* __restrict__ xo,
                            int64_t np, const float* const* base, float* __restrict__ acc_io,
                            bool first) {
-  using V = typename GwVec<VW>::type;
+  using V = typename FloatVec<VW>::type;
   constexpr int E = T * RC;
   V negzero;
 #pragma GCC unroll 16
@@ -141,19 +130,12 @@ CNNOPS_INLINE void gw_items(const GwCall& c, int64_t i0, int64_t i1, int64_t p0,
   }
 }
 
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-#define CNNOPS_GW_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
-#define CNNOPS_GW_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define CNNOPS_GW_AVX512
-#define CNNOPS_GW_AVX2
-#endif
 
 // Items [i0, i1) of one oc group size J (the last oc group may be narrower than Jmain).
 #define CNNOPS_GW_CASE(VW, J, T, RC) \
   case (J) * 10000 + (T) * 100 + (RC): gw_items<VW, J, T, RC>(c, i0, i1, p0, np, first); break;
 
-CNNOPS_GW_AVX512 __attribute__((noinline)) void gw_run_avx512(const GwCall& c, int J, int64_t i0,
+CNNOPS_TARGET_AVX512 __attribute__((noinline)) void gw_run_avx512(const GwCall& c, int J, int64_t i0,
                                                               int64_t i1, int64_t p0, int64_t np,
                                                               bool first) {
   switch (J * 10000 + c.T * 100 + c.RC) {
@@ -167,7 +149,7 @@ CNNOPS_GW_AVX512 __attribute__((noinline)) void gw_run_avx512(const GwCall& c, i
   }
 }
 
-CNNOPS_GW_AVX2 __attribute__((noinline)) void gw_run_avx2(const GwCall& c, int J, int64_t i0,
+CNNOPS_TARGET_AVX2 __attribute__((noinline)) void gw_run_avx2(const GwCall& c, int J, int64_t i0,
                                                           int64_t i1, int64_t p0, int64_t np,
                                                           bool first) {
   switch (J * 10000 + c.T * 100 + c.RC) {
@@ -189,27 +171,27 @@ __attribute__((noinline)) void gw_run_baseline(const GwCall& c, int J, int64_t i
 
 // 16 x 16 transposes for the repacks (a scalar 16-stream gather runs at ~1 ns a float):
 // dst[i * dst_stride + l] = src[l][i * SW], i, l < 16. SW = 2 takes the even floats of 32.
-#ifdef CNNOPS_GW_X86
+#ifdef CNNOPS_CPU_X86
 // The masked forms with an all-ones mask: the plain ones pass _mm512_undefined_ps(), which
 // GCC 12 reports as used uninitialized.
-CNNOPS_GW_AVX512 CNNOPS_INLINE __m512 gw_unpacklo(__m512 a, __m512 b) {
+CNNOPS_TARGET_AVX512 CNNOPS_INLINE __m512 gw_unpacklo(__m512 a, __m512 b) {
   return _mm512_mask_unpacklo_ps(a, 0xFFFF, a, b);
 }
-CNNOPS_GW_AVX512 CNNOPS_INLINE __m512 gw_unpackhi(__m512 a, __m512 b) {
+CNNOPS_TARGET_AVX512 CNNOPS_INLINE __m512 gw_unpackhi(__m512 a, __m512 b) {
   return _mm512_mask_unpackhi_ps(a, 0xFFFF, a, b);
 }
 template <int IMM>
-CNNOPS_GW_AVX512 CNNOPS_INLINE __m512 gw_shuffle(__m512 a, __m512 b) {
+CNNOPS_TARGET_AVX512 CNNOPS_INLINE __m512 gw_shuffle(__m512 a, __m512 b) {
   return _mm512_mask_shuffle_ps(a, 0xFFFF, a, b, IMM);
 }
 template <int IMM>
-CNNOPS_GW_AVX512 CNNOPS_INLINE __m512 gw_shuffle128(__m512 a, __m512 b) {
+CNNOPS_TARGET_AVX512 CNNOPS_INLINE __m512 gw_shuffle128(__m512 a, __m512 b) {
   return _mm512_mask_shuffle_f32x4(a, 0xFFFF, a, b, IMM);
 }
 
 // The first n (1..16) columns: masked loads (no fault past the row), n stores.
 template <int SW>
-CNNOPS_GW_AVX512 void gw_transpose16(const float* const* src, float* dst, int64_t dst_stride,
+CNNOPS_TARGET_AVX512 void gw_transpose16(const float* const* src, float* dst, int64_t dst_stride,
                                      int n = 16) {
   __m512 r[16], t[16];
   const __m512i even =
@@ -262,7 +244,7 @@ CNNOPS_GW_AVX512 void gw_transpose16(const float* const* src, float* dst, int64_
 
 // dst[j * dst_stride + l] = src[l][j * sw] for j in [0, count), l < 16 (all 16 rows given).
 // 8 x 8 for the AVX2 variant: dst[i * dst_stride + l] = src[l][i], the first n (1..8) columns.
-CNNOPS_GW_AVX2 void gw_transpose8(const float* const* src, float* dst, int64_t dst_stride,
+CNNOPS_TARGET_AVX2 void gw_transpose8(const float* const* src, float* dst, int64_t dst_stride,
                                   int n) {
   __m256 r[8], t[8];
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -295,7 +277,7 @@ CNNOPS_GW_AVX2 void gw_transpose8(const float* const* src, float* dst, int64_t d
 void gw_gather16(const float* const* src, int64_t sw, int64_t count, float* dst,
                  int64_t dst_stride, int vec) {
   int64_t j = 0;
-#ifdef CNNOPS_GW_X86
+#ifdef CNNOPS_CPU_X86
   const float* p[16];
   if (vec == 2 && (sw == 1 || sw == 2)) {
     for (; j < count; j += 16) {
@@ -338,7 +320,7 @@ GwWorkspace& gw_workspace() {
 }
 float* gw_align64(std::vector<float>& v, size_t n) {
   if (v.size() < n + 16) v.resize(n + 16);
-  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t(63));
+  return align64(v.data());
 }
 
 // Pixels per chunk: the chunk's grad_output vectors of one item (J * VW floats a pixel) in
@@ -634,7 +616,7 @@ bool conv2d_grad_weight_blocked_f32(const float* grad_output, const float* input
       src[kk] = sum[kk];
     }
     float* dst = grad_weight + ob * VW * K + k0;
-#ifdef CNNOPS_GW_X86
+#ifdef CNNOPS_CPU_X86
     if (vec == 2 && VW == 16 && lanes == 16 && kn == 16) {
       gw_transpose16<1>(src, dst, K);
       continue;
