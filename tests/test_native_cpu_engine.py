@@ -49,6 +49,11 @@ CASES = {
     "batch_inner_3x3": ((32, 32, 3, 3), 32, (3, 3), dict(padding=1)),
     "batch_inner_partial": ((30, 20, 3, 4), 40, (3, 3), dict(padding=1)),
     "batch_inner_flat": ((8, 16, 2, 2), 48, (3, 3), dict(padding=1)),
+    # taps that read only padding are skipped per tile (tile_taps): per position (batch-inner,
+    # dilated), per output row and column range (tiles along rows, flat tiles across rows)
+    "skip_batch_inner_dilated": ((32, 16, 4, 5), 32, (3, 3), dict(padding=2, dilation=2)),
+    "skip_rows_5x5": ((2, 16, 7, 30), 32, (5, 5), dict(padding=2)),
+    "skip_flat_7x7_stride2": ((3, 17, 9, 8), 16, (7, 7), dict(stride=2, padding=3)),
 }
 
 
@@ -81,6 +86,8 @@ GRAD_INPUT_CASES = {
     "thin_c_in_stride1": ((2, 6, 14, 14), 16, (5, 5), {}),
     "batch_inner_3x3": ((32, 32, 3, 3), 48, (3, 3), dict(padding=1)),
     "batch_inner_stride2": ((29, 16, 6, 6), 32, (3, 3), dict(stride=2, padding=1)),
+    "batch_inner_5x5_pad2": ((32, 16, 4, 4), 16, (5, 5), dict(padding=2)),
+    "thin_c_in_pad": ((3, 6, 10, 10), 16, (5, 5), dict(padding=2)),
 }
 
 

@@ -83,6 +83,14 @@ struct BlockedConv {
   int64_t batch;  // > 0: batch-inner copy, pixel q is image q % batch at position q / batch
   bool vec_out;   // the unit's tiles go to a per-thread buffer, written out transposed (below)
   int isa;        // CpuIsa, for that write
+  // Taps that read only padding are skipped: output row oh reaches the input with the taps
+  // kh in [tap_rows[2 oh], tap_rows[2 oh + 1]), column ow with kw in [tap_cols[2 ow], ...).
+  // Null when every tap of every pixel reaches the input (nothing to skip).
+  const int64_t* tap_rows;
+  const int64_t* tap_cols;
+  int64_t KW, taps, C_in;  // the reduction's layout: step k of channel block b (cw channels
+  int64_t cw;              // a block: 16 channel-blocked, 1 planar) and tap t is
+                           // b taps cw + t lanes(b) + lane, lanes(b) = min(cw, C_in - b cw)
 };
 
 // One unit of work: J channel blocks starting at block `ocb`, `tiles` tiles of P pixels.
@@ -165,6 +173,27 @@ __attribute__((noinline)) void store_tile(const BlockedConv& c, int64_t n, int o
 }
 
 
+// The taps kh in [kh0, kh1), kw in [kw0, kw1) that reach the input for some pixel of the tile
+// at flat pixel q0 (P pixels): a superset of each pixel's own range (computing a tap that
+// reads padding is never wrong, the copy holds zeros there, only wasted). Per axis, the
+// ranges' ends never grow with the position (see valid_taps), so the union over positions
+// [a, b] lies within [lo(b), hi(a)). Pixels in the padding columns (dropped) do not count.
+__attribute__((noinline)) void tile_taps(const BlockedConv& c, int64_t q0, int P, int64_t* kh0,
+                                         int64_t* kh1, int64_t* kw0, int64_t* kw1) {
+  int64_t qa = q0, qb = q0 + P - 1;
+  if (c.batch) qa /= c.batch, qb /= c.batch;
+  qb = std::min(qb, c.total - 1);
+  *kh0 = *kh1 = *kw0 = *kw1 = 0;
+  if (qa > qb) return;
+  const int64_t oh_a = qa / c.Wq, oh_b = qb / c.Wq;
+  int64_t ow_a = 0, ow_b = c.OW - 1;
+  if (oh_a == oh_b) ow_a = qa - oh_a * c.Wq, ow_b = std::min(ow_b, qb - oh_b * c.Wq);
+  if (ow_a > ow_b) return;  // only padding columns
+  *kh0 = c.tap_rows[2 * oh_b], *kh1 = c.tap_rows[2 * oh_a + 1];
+  *kw0 = c.tap_cols[2 * ow_b], *kw1 = c.tap_cols[2 * ow_a + 1];
+  if (*kh0 >= *kh1 || *kw0 >= *kw1) *kh0 = *kh1 = *kw0 = *kw1 = 0;
+}
+
 // Reduction steps [k0, k1) of the tile; `first`: start from zero (else from `partial`),
 // `last`: write the output (else save the sums to `partial`, J * P * VW floats).
 template <int VW, int J, int P, int XS>
@@ -190,16 +219,36 @@ CNNOPS_INLINE void tile(const BlockedConv& c, int64_t n, int ocb, int64_t q0, in
       if (first) acc[j][p] = V{};
       else std::memcpy(&acc[j][p], partial + (j * P + p) * VW, sizeof(V));
     }
-  for (int64_t k = k0; k < k1; ++k) {
-    const float* __restrict__ xk = x + off[k];
-    V wv[J];
+  // the reduction steps [ka, kb)
+  auto steps = [&](int64_t ka, int64_t kb) __attribute__((always_inline)) {
+    for (int64_t k = ka; k < kb; ++k) {
+      const float* __restrict__ xk = x + off[k];
+      V wv[J];
 #pragma GCC unroll 4
-    for (int j = 0; j < J; ++j) std::memcpy(&wv[j], w + j * wstride + k * VW, sizeof(V));
+      for (int j = 0; j < J; ++j) std::memcpy(&wv[j], w + j * wstride + k * VW, sizeof(V));
 #pragma GCC unroll 28
-    for (int p = 0; p < P; ++p) {
-      const V xb = negzero + xk[p * XS];  // broadcast
+      for (int p = 0; p < P; ++p) {
+        const V xb = negzero + xk[p * XS];  // broadcast
 #pragma GCC unroll 4
-      for (int j = 0; j < J; ++j) acc[j][p] += xb * wv[j];
+        for (int j = 0; j < J; ++j) acc[j][p] += xb * wv[j];
+      }
+    }
+  };
+  if (!c.tap_rows) {
+    steps(k0, k1);
+  } else {
+    // only the taps that reach the input for some pixel of the tile: per channel block and
+    // kernel row one run of steps (the kernel columns of a row are consecutive steps)
+    int64_t kh0, kh1, kw0, kw1;
+    tile_taps(c, q0, P, &kh0, &kh1, &kw0, &kw1);
+    const int64_t block = c.taps * c.cw;
+    for (int64_t b = k0 / block; b * block < k1; ++b) {
+      const int64_t base = b * block, lanes = std::min(c.cw, c.C_in - b * c.cw);
+      for (int64_t kh = kh0; kh < kh1; ++kh) {
+        const int64_t ka = std::max(k0, base + (kh * c.KW + kw0) * lanes);
+        const int64_t kb = std::min(k1, base + (kh * c.KW + kw1) * lanes);
+        if (ka < kb) steps(ka, kb);
+      }
     }
   }
   if (last && out_buf) {  // vec_out: [J][span][VW], this tile's pixels at their place
@@ -565,6 +614,7 @@ struct Workspace {
   std::vector<TileItem> items;
   std::vector<int64_t> q0[5];  // tile starts, per J
   std::vector<int64_t> vq;     // pixel-vector starts of the thin tiles, grouped by PV
+  std::vector<int64_t> tap_rows, tap_cols;  // the taps each output row / column reaches
   WeightEntry scratch;         // the packed weights of uncached calls
 };
 Workspace& workspace() {
@@ -655,24 +705,83 @@ void conv2d_blocked_forward(const BlockedForward& f) {
   const int64_t taps = s.KH * s.KW, K = s.C_in * taps;
   const int64_t total = s.OH * Wq;
   const int64_t work = s.N * s.C_out * s.OH * s.OW * K;
-  // Batch-inner copy ([C_in / 16][Hq Wq][N][16]: the images of one position side by side) for
-  // small planes, where tiles of P pixels of one image would mostly compute padding columns
-  // or overlap (3x3 outputs: 9 useful of 18 computed): a tile is then P images at one output
-  // position, and tap offsets stay fixed. Chosen when it computes under 3/4 of the pixels.
+  // ---- taps that reach the input, per output row and column (BlockedConv::tap_rows)
+  bool skip = false;
+  ws.tap_rows.resize(2 * s.OH), ws.tap_cols.resize(2 * s.OW);
+  for (int64_t o = 0; o < s.OH; ++o) {
+    int64_t lo, hi;
+    valid_taps(o, s.H, s.KH, sh, s.pad_h, s.dil_h, &lo, &hi);
+    ws.tap_rows[2 * o] = std::min(lo, s.KH), ws.tap_rows[2 * o + 1] = std::min(hi, s.KH);
+    skip |= ws.tap_rows[2 * o] > 0 || ws.tap_rows[2 * o + 1] < s.KH;
+  }
+  for (int64_t o = 0; o < s.OW; ++o) {
+    int64_t lo, hi;
+    valid_taps(o, s.W, s.KW, sw, s.pad_w, s.dil_w, &lo, &hi);
+    ws.tap_cols[2 * o] = std::min(lo, s.KW), ws.tap_cols[2 * o + 1] = std::min(hi, s.KW);
+    skip |= ws.tap_cols[2 * o] > 0 || ws.tap_cols[2 * o + 1] < s.KW;
+  }
+  // CNNOPS_CPU_SKIP_PAD=0 computes every tap (to measure the skipping)
+  if (const char* env = std::getenv("CNNOPS_CPU_SKIP_PAD")) skip &= env[0] != '0';
+
+  // ---- tile placement. Tiles of P pixels of one image: along each output row (the last one
+  // of a row shifted back to end at the row's end: it recomputes a few pixels,
+  // bit-identically), or over the flat pixel range [0, total) including the padding columns
+  // (when rows are narrower than a tile), the last shifted back to end at `total` so that no
+  // tile reads past the image, except when the image has fewer than P pixels (then the slack of
+  // the repacked copy covers it; `direct` needs total >= Pmax). Or, with the batch-inner copy
+  // ([C_in / 16][Hq Wq][N][16]: the images of one position side by side, for small planes),
+  // P images at one output position (the last tile shifted back to end at N), or when the
+  // batch is smaller than a tile, flat over all (position, image) pixels.
+  auto place = [&](bool bi, int P, std::vector<int64_t>& q) {
+    q.clear();
+    const int64_t flat = ceil_div(total, P) * P;
+    const int64_t rows = s.OW >= P ? s.OH * ceil_div(s.OW, P) * P : flat;
+    if (bi && s.N < P) {
+      for (int64_t q0 = 0; q0 < total * s.N; q0 += P)
+        q.push_back(total * s.N >= P ? std::min<int64_t>(q0, total * s.N - P) : 0);
+    } else if (bi) {
+      for (int64_t oh = 0; oh < s.OH; ++oh)
+        for (int64_t ow = 0; ow < s.OW; ++ow)
+          for (int64_t n0 = 0; n0 < s.N; n0 += P)
+            q.push_back((oh * Wq + ow) * s.N + std::min(n0, s.N - P));
+    } else if (rows < flat) {
+      for (int64_t oh = 0; oh < s.OH; ++oh)
+        for (int64_t ow = 0; ow < s.OW; ow += P) q.push_back(oh * Wq + std::min(ow, s.OW - P));
+    } else {
+      for (int64_t q0 = 0; q0 < total; q0 += P)
+        q.push_back(total >= P ? std::min<int64_t>(q0, total - P) : 0);
+    }
+  };
+  // The cost of a placement: the pixel-taps its tiles compute, over the whole batch (taps that
+  // only read padding are skipped, see tile_taps).
+  std::vector<int64_t> scratch_q;
+  auto place_cost = [&](bool bi, int P, std::vector<int64_t>& q) {
+    place(bi, P, q);
+    BlockedConv g{};
+    g.batch = bi ? s.N : 0, g.total = total, g.Wq = Wq, g.OW = s.OW;
+    g.tap_rows = ws.tap_rows.data(), g.tap_cols = ws.tap_cols.data();
+    int64_t cost = 0;
+    for (const int64_t q0 : q) {
+      int64_t kh0 = 0, kh1 = s.KH, kw0 = 0, kw1 = s.KW;
+      if (skip) tile_taps(g, q0, P, &kh0, &kh1, &kw0, &kw1);
+      cost += P * (kh1 - kh0) * (kw1 - kw0);
+    }
+    return bi ? cost : cost * s.N;
+  };
+  // The batch-inner copy when its tiles (of the widest channel group) compute under 7/8 of what
+  // per-image tiles compute: 3x3 outputs computed 18 pixels a tile for 9 useful, and their
+  // tiles cannot skip the padded columns.
   int64_t per_image_cost = -1, batch_cost = -1;
   for (int i = 0; i < nshapes; ++i) {
     if (shapes[i].J != Jmax) continue;
-    const int P = shapes[i].P;
-    const int64_t flat = ceil_div(total, P) * P;
-    const int64_t rows = s.OW >= P ? s.OH * ceil_div(s.OW, P) * P : flat;
-    const int64_t cost = s.N * std::min(flat, rows);
+    const int64_t cost = place_cost(false, shapes[i].P, scratch_q);
     if (per_image_cost < 0 || cost < per_image_cost) per_image_cost = cost;
-    if (s.N >= P) {
-      const int64_t bcost = s.OH * s.OW * ceil_div(s.N, P) * P;
+    if (blocked_in) {
+      const int64_t bcost = place_cost(true, shapes[i].P, scratch_q);
       if (batch_cost < 0 || bcost < batch_cost) batch_cost = bcost;
     }
   }
-  const bool batch_inner = blocked_in && batch_cost >= 0 && 4 * batch_cost < 3 * per_image_cost;
+  const bool batch_inner = blocked_in && batch_cost >= 0 && 8 * batch_cost < 7 * per_image_cost;
   const bool parallel = work > kParallelWork;
 
   // ---- input: phase-split, zero-padded copy (or the input itself)
@@ -886,48 +995,17 @@ void conv2d_blocked_forward(const BlockedForward& f) {
     return;
   }
 
-  // ---- tiles of one image: channel-block groups of up to Jmax blocks. Per group size J the
-  // tile width P and the placement with the fewest computed pixels: tiles along each output
-  // row (the last one of a row shifted back to end at the row's end: it recomputes a few
-  // pixels, bit-identically), or tiles over the flat pixel range [0, total) including the
-  // padding columns (when rows are narrower than a tile), the last shifted back to end at
-  // `total` so that no tile reads past the image, except when the image has fewer than P
-  // pixels (then the slack of the repacked copy covers it; `direct` needs total >= Pmax).
+  // ---- tiles: channel-block groups of up to Jmax blocks; per group size J the tile width P
+  // with the cheapest placement
   int best_p[5] = {0, 0, 0, 0, 0};
   for (int J = 1; J <= Jmax; ++J) {
     int64_t best_cost = -1;
     for (int i = 0; i < nshapes; ++i) {
       if (shapes[i].J != J) continue;
-      const int P = shapes[i].P;
-      const int64_t flat = ceil_div(total, P) * P;
-      const int64_t rows = s.OW >= P ? s.OH * ceil_div(s.OW, P) * P : flat;
-      // batch-inner: per output position when a tile fits in the batch, else flat over all
-      // (position, image) pixels (padding columns included, dropped when stored)
-      const int64_t cost = !batch_inner ? std::min(flat, rows)
-                           : s.N >= P   ? s.OH * s.OW * ceil_div(s.N, P) * P
-                                        : ceil_div(total * s.N, P) * P;
-      if (best_cost < 0 || cost < best_cost) {
-        best_cost = cost, best_p[J] = P;
-        std::vector<int64_t>& q = ws.q0[J];
-        q.clear();
-        if (batch_inner && s.N < P) {
-          for (int64_t q0 = 0; q0 < total * s.N; q0 += P)
-            q.push_back(total * s.N >= P ? std::min<int64_t>(q0, total * s.N - P) : 0);
-        } else if (batch_inner) {
-          // the images of each output position, the last tile shifted back to end at N
-          for (int64_t oh = 0; oh < s.OH; ++oh)
-            for (int64_t ow = 0; ow < s.OW; ++ow)
-              for (int64_t n0 = 0; n0 < s.N; n0 += P)
-                q.push_back((oh * Wq + ow) * s.N + std::min(n0, s.N - P));
-        } else if (rows < flat) {
-          for (int64_t oh = 0; oh < s.OH; ++oh)
-            for (int64_t ow = 0; ow < s.OW; ow += P) q.push_back(oh * Wq + std::min(ow, s.OW - P));
-        } else {
-          for (int64_t q0 = 0; q0 < total; q0 += P)
-            q.push_back(total >= P ? std::min<int64_t>(q0, total - P) : 0);
-        }
-      }
+      const int64_t cost = place_cost(batch_inner, shapes[i].P, scratch_q);
+      if (best_cost < 0 || cost < best_cost) best_cost = cost, best_p[J] = shapes[i].P;
     }
+    if (best_p[J]) place(batch_inner, best_p[J], ws.q0[J]);
   }
   ws.items.clear();
   for (int64_t ob = 0; ob < blocks;) {
@@ -950,7 +1028,9 @@ void conv2d_blocked_forward(const BlockedForward& f) {
                 // vec_out: NCHW output with unit column stride (not grad_input's phases) and
                 // per-image tiles; CNNOPS_CPU_VEC_OUT=0 turns it off (to measure it)
                 !batch_inner && f.out_col == 1 && vec_out_enabled(),
-                static_cast<int>(isa)};
+                static_cast<int>(isa),
+                skip ? ws.tap_rows.data() : nullptr, skip ? ws.tap_cols.data() : nullptr,
+                s.KW, taps, s.C_in, blocked_in ? 16 : 1};
   const int64_t items = static_cast<int64_t>(ws.items.size());
   const TileItem* item = ws.items.data();
   // Order of the work: image by image (the image's input copy stays in L2 for all its items)
