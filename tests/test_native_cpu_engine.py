@@ -68,6 +68,11 @@ THIN_CASES = {
     "c_out15_1x1": ((2, 20, 9, 8), 15, (1, 1), {}),
     "c_out7_tiny": ((3, 2, 2, 3), 7, (1, 1), {}),
     "c_out12_stride3": ((1, 6, 14, 17), 12, (3, 4), dict(stride=(3, 2), padding=(2, 1))),
+    # batch-inner thin tiles (VW images at one position, only the taps that reach the input):
+    # small padded planes with a batch of at least a vector, N not a multiple of the vector
+    "batch_inner_5x5_pad2": ((18, 3, 4, 5), 6, (5, 5), dict(padding=2)),
+    "batch_inner_two_blocks_dil": ((33, 2, 5, 4), 12, (3, 3), dict(padding=2, dilation=2,
+                                                                   stride=(2, 1))),
 }
 
 # grad_input by stride-phase sub-convolutions (C_in >= 16): strides above the kernel (phases
@@ -88,6 +93,7 @@ GRAD_INPUT_CASES = {
     "batch_inner_stride2": ((29, 16, 6, 6), 32, (3, 3), dict(stride=2, padding=1)),
     "batch_inner_5x5_pad2": ((32, 16, 4, 4), 16, (5, 5), dict(padding=2)),
     "thin_c_in_pad": ((3, 6, 10, 10), 16, (5, 5), dict(padding=2)),
+    "thin_batch_inner_lenet_conv2": ((20, 6, 10, 10), 16, (5, 5), {}),
 }
 
 
@@ -156,6 +162,20 @@ def test_grad_input_matches_torch(name, isa, threads):
         1, [True, False, False])[0]
     terms = c_out * kernel[0] * kernel[1]
     assert_close(got.double(), want, 1e-5 * terms ** 0.5, 1e-4, f"{name} {isa} threads={threads}")
+
+
+@pytest.mark.parametrize("isa", _ISAS, indirect=True)
+@pytest.mark.parametrize("name", ["skip_batch_inner_dilated", "skip_flat_7x7_stride2",
+                                  "batch_inner_3x3"])
+def test_every_tap_computed_matches(name, isa, monkeypatch):
+    # CNNOPS_CPU_SKIP_PAD=0 computes the taps that read padding too (zero-filled copies)
+    monkeypatch.setenv("CNNOPS_CPU_SKIP_PAD", "0")
+    for cases in (CASES, THIN_CASES):
+        key = name if name in cases else "batch_inner_5x5_pad2"
+        input_shape, c_out, kernel, kwargs = cases[key]
+        x, w, b = _make(input_shape, c_out, kernel)
+        got = cnnops.conv2d(x, w, b, **kwargs, backend="native")
+        assert_close(got.double(), _want(x, w, b, kwargs), *_tol(x, w), f"{key} {isa} no skip")
 
 
 @pytest.mark.parametrize("isa", _ISAS, indirect=True)

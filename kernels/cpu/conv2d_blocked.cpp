@@ -469,6 +469,14 @@ struct ThinConv {
   int64_t out_image, out_plane, out_row, out_col;
   int64_t C_out, OW, Wq, total;
   bool relu;
+  // Batch-inner (batch = N > 0): the copy is [C_in][phase planes][N] and a vector holds VW
+  // images at one output position; a tile's PV vectors share that position, and the reduction
+  // runs tap-major (k = tap C_in + ic) over the taps that reach the input there only
+  // (tap_rows / tap_cols as in BlockedConv).
+  int64_t batch;
+  const int64_t* tap_rows;
+  const int64_t* tap_cols;
+  int64_t KW, C_in;
 };
 
 // PV per OC: accumulators + PV loaded vectors within the register file (AVX-512: 32 zmm, the
@@ -504,6 +512,28 @@ __attribute__((noinline)) void thin_store_lanes(const ThinConv& c, int64_t n, in
   }
 }
 
+// Batch-inner: writes a tile (buf[oc][v][VW], lane l of vector v is image (vq[v] + l) % N at
+// position (vq[v] + l) / N) value by value (the images of one channel lie an image apart).
+template <int VW, int OC, int PV>
+__attribute__((noinline)) void thin_store_batch(const ThinConv& c, int64_t ob, const int64_t* vq,
+                                                const float* buf) {
+  for (int v = 0; v < PV; ++v) {
+    const int64_t pos = vq[v] / c.batch, n0 = vq[v] - pos * c.batch;
+    const int64_t oh = pos / c.Wq, ow = pos - oh * c.Wq;
+    float* dst = c.out + n0 * c.out_image + oh * c.out_row + ow * c.out_col;
+    for (int o = 0; o < OC; ++o) {
+      const int64_t oc = ob * OC + o;
+      if (oc >= c.C_out) break;
+      const float b = c.bias ? c.bias[oc] : 0.0f;
+      const float* src = buf + (o * PV + v) * VW;
+      for (int l = 0; l < VW; ++l) {
+        const float y = src[l] + b;
+        dst[l * c.out_image + oc * c.out_plane] = c.relu && y < 0.0f ? 0.0f : y;
+      }
+    }
+  }
+}
+
 template <int VW, int OC, int PV>
 CNNOPS_INLINE void thin_tile(const ThinConv& c, int64_t n, int64_t ob, const int64_t* vq) {
   using V = typename FloatVec<VW>::type;
@@ -521,17 +551,37 @@ CNNOPS_INLINE void thin_tile(const ThinConv& c, int64_t n, int64_t ob, const int
   for (int o = 0; o < OC; ++o)
 #pragma GCC unroll 8
     for (int v = 0; v < PV; ++v) acc[o][v] = V{};
-  for (int64_t k = 0; k < c.K; ++k) {
-    V xk[PV];
+  auto steps = [&](int64_t ka, int64_t kb) __attribute__((always_inline)) {
+    for (int64_t k = ka; k < kb; ++k) {
+      V xk[PV];
 #pragma GCC unroll 8
-    for (int v = 0; v < PV; ++v) std::memcpy(&xk[v], xv[v] + off[k], sizeof(V));
-    const float* wk = w + k * OC;
+      for (int v = 0; v < PV; ++v) std::memcpy(&xk[v], xv[v] + off[k], sizeof(V));
+      const float* wk = w + k * OC;
 #pragma GCC unroll 8
-    for (int o = 0; o < OC; ++o) {
-      const V wb = negzero + wk[o];  // broadcast
+      for (int o = 0; o < OC; ++o) {
+        const V wb = negzero + wk[o];  // broadcast
 #pragma GCC unroll 8
-      for (int v = 0; v < PV; ++v) acc[o][v] += wb * xk[v];
+        for (int v = 0; v < PV; ++v) acc[o][v] += wb * xk[v];
+      }
     }
+  };
+  if (!c.batch) {
+    steps(0, c.K);
+  } else {
+    // one position: per kernel row, the kernel columns that reach the input, all channels
+    const int64_t pos = vq[0] / c.batch, oh = pos / c.Wq, ow = pos - oh * c.Wq;
+    const int64_t kw0 = c.tap_cols[2 * ow], kw1 = c.tap_cols[2 * ow + 1];
+    for (int64_t kh = c.tap_rows[2 * oh]; kh < c.tap_rows[2 * oh + 1]; ++kh)
+      if (kw0 < kw1) steps((kh * c.KW + kw0) * c.C_in, (kh * c.KW + kw1) * c.C_in);
+  }
+  if (c.batch) {
+    alignas(64) float buf[OC * PV * VW];
+#pragma GCC unroll 8
+    for (int o = 0; o < OC; ++o)
+#pragma GCC unroll 8
+      for (int v = 0; v < PV; ++v) std::memcpy(buf + (o * PV + v) * VW, &acc[o][v], sizeof(V));
+    thin_store_batch<VW, OC, PV>(c, ob, vq, buf);
+    return;
   }
   // vectors inside one output row: bias, ReLU and a whole-vector store from the registers
   float* out_n = c.out + n * c.out_image;
@@ -600,6 +650,7 @@ struct WeightEntry {
   int64_t C_out, C_in, KH, KW;
   int isa;
   bool blocked_in;
+  bool tap_major;  // the order of the reduction steps (thin batch-inner)
   int lanes;  // output channels per packed block: VW, or the thin tile's OC
   std::vector<float> raw, packed;
 };
@@ -721,7 +772,31 @@ void conv2d_blocked_forward(const BlockedForward& f) {
     skip |= ws.tap_cols[2 * o] > 0 || ws.tap_cols[2 * o + 1] < s.KW;
   }
   // CNNOPS_CPU_SKIP_PAD=0 computes every tap (to measure the skipping)
-  if (const char* env = std::getenv("CNNOPS_CPU_SKIP_PAD")) skip &= env[0] != '0';
+  const bool has_pad = skip;
+  if (const char* env = std::getenv("CNNOPS_CPU_SKIP_PAD"); env && env[0] == '0' && skip) {
+    skip = false;
+    for (int64_t o = 0; o < s.OH; ++o) ws.tap_rows[2 * o] = 0, ws.tap_rows[2 * o + 1] = s.KH;
+    for (int64_t o = 0; o < s.OW; ++o) ws.tap_cols[2 * o] = 0, ws.tap_cols[2 * o + 1] = s.KW;
+  }
+  // Thin output, batch-inner (ThinConv::batch): a vector holds VW images at one position, so
+  // that each position computes exactly its own taps. Chosen when that computes under 7/8 of
+  // the per-image pixel vectors' taps: heavily padded small planes (LeNet conv2's grad_input,
+  // 14 x 14 outputs from 10 x 10 with a 4-wide ring of padding, computes half its taps on
+  // zeros per image).
+  bool thin_bi = false;
+  const int thin_lanes = static_cast<int>(s.C_out <= 8 ? s.C_out : ceil_div(s.C_out, 2));
+  const int thin_pv = (isa == CpuIsa::kAvx512 ? kThinPvAvx512
+                       : isa == CpuIsa::kAvx2  ? kThinPvAvx2
+                                               : kThinPvBaseline)[thin_lanes < 8 ? thin_lanes : 8];
+  if (thin && !direct && s.N >= VW) {
+    const int64_t vectors = s.OW >= VW ? s.OH * ceil_div(s.OW, VW) : ceil_div(total, VW);
+    const int64_t image_cost = s.N * ceil_div(vectors, thin_pv) * thin_pv * VW * taps;
+    int64_t row_taps = 0, col_taps = 0;
+    for (int64_t o = 0; o < s.OH; ++o) row_taps += ws.tap_rows[2 * o + 1] - ws.tap_rows[2 * o];
+    for (int64_t o = 0; o < s.OW; ++o) col_taps += ws.tap_cols[2 * o + 1] - ws.tap_cols[2 * o];
+    const int64_t batch_cost = row_taps * col_taps * ceil_div(ceil_div(s.N, VW), thin_pv) * thin_pv * VW;
+    thin_bi = 8 * batch_cost < 7 * image_cost;
+  }
 
   // ---- tile placement. Tiles of P pixels of one image: along each output row (the last one
   // of a row shifted back to end at the row's end: it recomputes a few pixels,
@@ -787,7 +862,45 @@ void conv2d_blocked_forward(const BlockedForward& f) {
   // ---- input: phase-split, zero-padded copy (or the input itself)
   const float* x = input;
   int64_t x_image = s.C_in * s.H * s.W;
-  if (batch_inner) {
+  if (thin_bi) {
+    // [C_in][phase planes][N]: the images of one position side by side, 16 at a time, each
+    // 64-byte line written once. With the taps skipped exactly (skip), no computed tap reads
+    // padding: only the input's own values are copied, nothing zeroed.
+    const int64_t chan_p = phases * phase_plane;
+    x_image = 0;
+    const int64_t size = s.C_in * chan_p * s.N + 64;
+    if (ws.x.size() < static_cast<size_t>(size + 16)) ws.x.resize(size + 16);
+    float* xr = align64(ws.x.data());
+    if (has_pad && !skip) std::fill(xr, xr + size, 0.0f);
+    const int64_t nblocks = ceil_div(s.N, 16);
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t cb = 0; cb < s.C_in * nblocks; ++cb) {
+      const int64_t ic = cb / nblocks, n0 = (cb % nblocks) * 16;
+      const int lanes = static_cast<int>(std::min<int64_t>(16, s.N - n0));
+      for (int64_t a = 0; a < sh; ++a)
+        for (int64_t b = 0; b < sw; ++b)
+          for (int64_t i = 0; i < Hq; ++i) {
+            if (phase_id[a * sw + b] < 0) continue;
+            const int64_t r = i * sh + a - s.pad_h;
+            if (r < 0 || r >= s.H) continue;
+            int64_t lo = 0, hi = 0;
+            valid_outputs(s.W, Wq, sw, s.pad_w, b, &lo, &hi);
+            float* row = xr + ((ic * chan_p + phase_id[a * sw + b] * phase_plane + i * Wq) * s.N + n0);
+            const float* srow[16];
+            for (int l = 0; l < lanes; ++l)
+              srow[l] = input + (((n0 + l) * s.C_in + ic) * s.H + r) * s.W + b - s.pad_w;
+            if (lanes == 16) {
+              for (int64_t j = lo; j < hi; ++j)
+#pragma GCC unroll 16
+                for (int l = 0; l < 16; ++l) row[j * s.N + l] = srow[l][j * sw];
+            } else {
+              for (int64_t j = lo; j < hi; ++j)
+                for (int l = 0; l < lanes; ++l) row[j * s.N + l] = srow[l][j * sw];
+            }
+          }
+    }
+    x = xr;
+  } else if (batch_inner) {
     // [C_in / 16][phase planes][N][16], zero where nothing is copied (padding, lanes past
     // C_in); one "image" for the loops below
     x_image = 0;
@@ -899,7 +1012,19 @@ void conv2d_blocked_forward(const BlockedForward& f) {
   // ic w_in + w_tap[tap], the weights' own order (ic taps + tap) unless the caller gives
   // another layout, see BlockedForward)
   if (ws.off.size() < static_cast<size_t>(K)) ws.off.resize(K), ws.korder.resize(K);
-  {
+  if (thin_bi) {  // tap-major: k = tap C_in + ic (ThinConv::batch)
+    int64_t k = 0;
+    for (int64_t kh = 0; kh < s.KH; ++kh)
+      for (int64_t kw = 0; kw < s.KW; ++kw) {
+        const int64_t rh = kh * s.dil_h, rw = kw * s.dil_w;
+        const int64_t at =
+            phase_id[(rh % sh) * sw + rw % sw] * phase_plane + (rh / sh) * Wq + rw / sw;
+        for (int64_t ic = 0; ic < s.C_in; ++ic) {
+          ws.off[k] = (ic * phases * phase_plane + at) * s.N;
+          ws.korder[k++] = ic * w_in + w_tap(kh * s.KW + kw);
+        }
+      }
+  } else {
     int64_t k = 0;
     for (int64_t icb = 0; icb < (blocked_in ? cblocks : s.C_in); ++icb)
       for (int64_t kh = 0; kh < s.KH; ++kh)
@@ -931,7 +1056,7 @@ void conv2d_blocked_forward(const BlockedForward& f) {
   for (WeightEntry& c : ws.weights)
     if (c.ptr == weight && c.C_out == s.C_out && c.C_in == s.C_in && c.KH == s.KH &&
         c.KW == s.KW && c.isa == static_cast<int>(isa) && c.blocked_in == blocked_in &&
-        c.lanes == lanes)
+        c.tap_major == thin_bi && c.lanes == lanes)
       e = &c;
   const int64_t numel = s.C_out * K;
   const bool hit = f.cache_weights && e && std::memcmp(e->raw.data(), weight, numel * sizeof(float)) == 0;
@@ -940,7 +1065,7 @@ void conv2d_blocked_forward(const BlockedForward& f) {
   } else if (!e) {
     if (ws.weights.size() >= kWeightEntries) ws.weights.erase(ws.weights.begin());  // oldest
     ws.weights.push_back(WeightEntry{weight, s.C_out, s.C_in, s.KH, s.KW, static_cast<int>(isa),
-                                     blocked_in, lanes, {}, {}});
+                                     blocked_in, thin_bi, lanes, {}, {}});
     e = &ws.weights.back();
   }
   if (!hit) {
@@ -970,7 +1095,16 @@ void conv2d_blocked_forward(const BlockedForward& f) {
     const int PV = pvs[lanes];
     std::vector<int64_t>& vq = ws.vq;
     vq.clear();
-    if (s.OW >= VW) {
+    if (thin_bi) {
+      // per output position ceil(N / VW) image vectors (the last shifted back to end at N),
+      // padded to whole groups by repeating the last: a group never spans two positions
+      for (int64_t oh = 0; oh < s.OH; ++oh)
+        for (int64_t ow = 0; ow < s.OW; ++ow) {
+          for (int64_t n0 = 0; n0 < s.N; n0 += VW)
+            vq.push_back((oh * Wq + ow) * s.N + std::min(n0, s.N - VW));
+          while (vq.size() % PV) vq.push_back(vq.back());
+        }
+    } else if (s.OW >= VW) {
       for (int64_t oh = 0; oh < s.OH; ++oh)
         for (int64_t ow = 0; ow < s.OW; ow += VW) vq.push_back(oh * Wq + std::min(ow, s.OW - VW));
     } else {
@@ -980,10 +1114,12 @@ void conv2d_blocked_forward(const BlockedForward& f) {
     while (vq.size() % PV) vq.push_back(vq.back());
     const int64_t groups = static_cast<int64_t>(vq.size()) / PV;
     ThinConv c{x, x_image, wr, K, ws.off.data(), f.bias, f.out, f.out_image, f.out_plane,
-               f.out_row, f.out_col, s.C_out, s.OW, Wq, total, f.relu};
+               f.out_row, f.out_col, s.C_out, s.OW, Wq, total, f.relu,
+               thin_bi ? s.N : 0, ws.tap_rows.data(), ws.tap_cols.data(), s.KW, s.C_in};
     const int64_t* starts = vq.data();
+    const int64_t images = thin_bi ? 1 : s.N;  // batch-inner: one "image" of all positions
 #pragma omp parallel for schedule(static) if (parallel)
-    for (int64_t u = 0; u < s.N * groups; ++u) {
+    for (int64_t u = 0; u < images * groups; ++u) {
       const int64_t n = u / groups, g = u % groups;
       for (int64_t ob = 0; ob < blocks; ++ob) {
         if (isa == CpuIsa::kAvx512) thin_avx512(c, lanes, n, ob, starts + g * PV);
