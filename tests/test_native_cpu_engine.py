@@ -93,7 +93,7 @@ GRAD_INPUT_CASES = {
     "batch_inner_stride2": ((29, 16, 6, 6), 32, (3, 3), dict(stride=2, padding=1)),
     "batch_inner_5x5_pad2": ((32, 16, 4, 4), 16, (5, 5), dict(padding=2)),
     "thin_c_in_pad": ((3, 6, 10, 10), 16, (5, 5), dict(padding=2)),
-    "thin_batch_inner_lenet_conv2": ((20, 6, 10, 10), 16, (5, 5), {}),
+    "thin_batch_inner_lenet_conv2": ((72, 6, 10, 10), 16, (5, 5), {}),
 }
 
 

@@ -779,8 +779,8 @@ void conv2d_blocked_forward(const BlockedForward& f) {
     for (int64_t o = 0; o < s.OW; ++o) ws.tap_cols[2 * o] = 0, ws.tap_cols[2 * o + 1] = s.KW;
   }
   // Thin output, batch-inner (ThinConv::batch): a vector holds VW images at one position, so
-  // that each position computes exactly its own taps. Chosen when that computes under 7/8 of
-  // the per-image pixel vectors' taps: heavily padded small planes (LeNet conv2's grad_input,
+  // that each position computes exactly its own taps. Chosen when that costs under 7/8 of
+  // the per-image pixel vectors: heavily padded small planes (LeNet conv2's grad_input,
   // 14 x 14 outputs from 10 x 10 with a 4-wide ring of padding, computes half its taps on
   // zeros per image).
   bool thin_bi = false;
@@ -795,7 +795,10 @@ void conv2d_blocked_forward(const BlockedForward& f) {
     for (int64_t o = 0; o < s.OH; ++o) row_taps += ws.tap_rows[2 * o + 1] - ws.tap_rows[2 * o];
     for (int64_t o = 0; o < s.OW; ++o) col_taps += ws.tap_cols[2 * o + 1] - ws.tap_cols[2 * o];
     const int64_t batch_cost = row_taps * col_taps * ceil_div(ceil_div(s.N, VW), thin_pv) * thin_pv * VW;
-    thin_bi = 8 * batch_cost < 7 * image_cost;
+    // in cycles per output channel: lane-taps x C_in / VW (one FMA a cycle), plus for
+    // batch-inner one scalar store per output value (~1.5 cycles: its images lie an image
+    // apart; LeNet's conv1, K = 25, is faster per image)
+    thin_bi = 8 * (batch_cost * s.C_in / VW + 3 * s.N * s.OH * s.OW / 2) < 7 * image_cost * s.C_in / VW;
   }
 
   // ---- tile placement. Tiles of P pixels of one image: along each output row (the last one
