@@ -16,6 +16,8 @@
 #include <type_traits>
 #include <vector>
 
+#include <omp.h>
+
 #include "conv2d_blocked.h"
 #include "cpu_common.h"
 #include "kernels.h"
@@ -504,53 +506,142 @@ void conv2d_grad_input_cpu(const T* grad_output, const T* weight, T* grad_input,
 }
 
 // grad_weight[oc, icg, kh, kw] = sum over n, oh, ow of grad_output * the input under that tap.
-// A thread owns whole blocks of filters (conv_weight_block).
+// The batch is cut into chunks of images whose input and grad_output planes fit in about
+// 1 MiB (half an L2), all of one size (the last may be shorter). The chunks depend on the
+// shape only, never on the thread count: every weight is the sum of its per-chunk sums taken
+// in chunk order, so the bits are the same for any thread count and run to run. Two drivers
+// compute exactly these sums:
+// - many filter blocks (units of OCB output channels x ICB input channels, conv_weight_block):
+//   the chunks one after the other, the units of a chunk split among the threads (each thread
+//   keeps the same units, so no two threads write one filter); a chunk's planes are read from
+//   memory once and then from L2 by every unit.
+// - few filter blocks (thin layers: LeNet's conv1 1->6 5x5 has 3 units for 2 threads, and a
+//   barrier per chunk): the (chunk, unit) pairs in one parallel loop, each chunk's sums into
+//   its own slot, then the slots added in chunk order. The zero-padded copy of the input is
+//   made per chunk into a thread's own buffer (it stays in L2) instead of for the whole batch.
+// Kernels wider than 7 go over the whole batch at once (the generic loop).
 template <typename T>
 void conv2d_grad_weight_cpu(const T* grad_output, const T* input, T* grad_weight,
                                 const Conv2dShape& s) {
   if constexpr (std::is_same_v<T, float>) {
     if (conv2d_grad_weight_blocked_f32(grad_output, input, grad_weight, s)) return;
   }
-  PaddedInput<T> xpad;
-  pad_input(input, s, xpad);
   const int64_t cin_g = s.C_in / s.groups, cout_g = s.C_out / s.groups, taps = s.KH * s.KW;
   const int64_t work = s.N * s.C_out * s.OH * s.OW * cin_g * taps;
-  // units of OCB output channels (within a group) x ICB input channels; the batch in chunks
-  // of images whose input and grad_output planes fit in about 1 MiB (half an L2), the chunks
-  // one after the other in every thread: a chunk's planes are read from memory once and then
-  // from L2 by every unit (each thread keeps the same units, so no two threads write one
-  // filter). Kernels wider than 7 go over the whole batch at once (the generic loop).
   const int64_t ocb = weight_oc_block(s.KW), icb = weight_ic_block(s.KW);
-  const int64_t oc_units = s.groups * ceil_div(cout_g, ocb), ic_units = ceil_div(cin_g, icb);
+  const int64_t oc_blocks = ceil_div(cout_g, ocb);  // per group
+  const int64_t oc_units = s.groups * oc_blocks, ic_units = ceil_div(cin_g, icb);
+  const int64_t units = oc_units * ic_units;
+  const int64_t Hp = s.H + 2 * s.pad_h, Wp = s.W + 2 * s.pad_w;
   const int64_t image_bytes =
-      (s.C_in * xpad.Hp * xpad.Wp + s.C_out * s.OH * s.OW) * static_cast<int64_t>(sizeof(T));
-  const int64_t chunk = s.KW > 7 ? s.N : std::max<int64_t>(1, (int64_t(1) << 20) / image_bytes);
-#pragma omp parallel if (work > kParallelWork)
-  for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
-#pragma omp for collapse(2) schedule(static)
-    for (int64_t u = 0; u < oc_units; ++u)
-      for (int64_t v = 0; v < ic_units; ++v) {
-        const int64_t g = u / ceil_div(cout_g, ocb), first = (u % ceil_div(cout_g, ocb)) * ocb;
-        conv_weight_unit_cloned(grad_output, xpad.data, xpad.Hp, xpad.Wp, grad_weight, s,
-                                g * cout_g + first, std::min(ocb, cout_g - first), v * icb,
-                                std::min(icb, cin_g - v * icb), n0, std::min(n0 + chunk, s.N));
+      (s.C_in * Hp * Wp + s.C_out * s.OH * s.OW) * static_cast<int64_t>(sizeof(T));
+  const int64_t max_chunk =
+      s.KW > 7 ? s.N : std::max<int64_t>(1, (int64_t(1) << 20) / image_bytes);
+  const int64_t chunks = std::max<int64_t>(1, ceil_div(s.N, max_chunk));
+  const int64_t chunk = ceil_div(s.N, chunks);  // 0 for an empty batch: no chunk runs
+  const int64_t weight_size = s.C_out * cin_g * taps;
+  const bool parallel = work > kParallelWork;
+  // the unit (oc0, count, icg0, count) of unit index u
+  auto run_unit = [&](const T* gout, const T* x, int64_t xHp, int64_t xWp, T* gw, int64_t u,
+                      int64_t n0, int64_t n1) {
+    const int64_t ou = u / ic_units, v = u % ic_units;
+    const int64_t g = ou / oc_blocks, first = (ou % oc_blocks) * ocb;
+    conv_weight_unit_cloned(gout, x, xHp, xWp, gw, s, g * cout_g + first,
+                            std::min(ocb, cout_g - first), v * icb,
+                            std::min(icb, cin_g - v * icb), n0, n1);
+  };
+  const bool split = s.KW <= 7 && chunks > 1 && parallel &&
+                     units < 4 * static_cast<int64_t>(omp_get_max_threads());
+  if (!split) {
+    PaddedInput<T> xpad;
+    pad_input(input, s, xpad);
+#pragma omp parallel if (parallel)
+    for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
+#pragma omp for schedule(static)
+      for (int64_t u = 0; u < units; ++u)
+        run_unit(grad_output, xpad.data, xpad.Hp, xpad.Wp, grad_weight, u, n0,
+                 std::min(n0 + chunk, s.N));
+    }
+    return;
+  }
+  // every chunk's sums in its own slot (chunk c: grad_weight's layout at sums + c weight_size)
+  std::vector<T> sums(chunks * weight_size);
+  const bool copy = s.pad_h != 0 || s.pad_w != 0 || s.stride_w == 2;  // as pad_input
+  const int64_t plane = Hp * Wp, out_image = s.C_out * s.OH * s.OW;
+#pragma omp parallel
+  {
+    // this thread's zero-padded copy of one chunk (the borders stay zero: only the interior
+    // is rewritten), with room after it for the stride-2 loads' extra element
+    std::vector<T> buffer(copy ? chunk * s.C_in * plane + 64 / sizeof(T) : 0, T(0));
+    int64_t copied = -1;  // the chunk in buffer
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < chunks * units; ++i) {
+      const int64_t c = i / units, u = i % units;
+      const int64_t n0 = c * chunk, count = std::min(chunk, s.N - n0);
+      const T* x = input + n0 * s.C_in * s.H * s.W;
+      if (copy) {
+        if (copied != c) {
+          for (int64_t q = 0; q < count * s.C_in; ++q)
+            for (int64_t h = 0; h < s.H; ++h)
+              std::copy(x + (q * s.H + h) * s.W, x + (q * s.H + h + 1) * s.W,
+                        buffer.data() + (q * Hp + h + s.pad_h) * Wp + s.pad_w);
+          copied = c;
+        }
+        x = buffer.data();
       }
+      // images n0 .. n0 + count as images 0 .. count: the unit writes its chunk sums
+      run_unit(grad_output + n0 * out_image, x, Hp, Wp, sums.data() + c * weight_size, u, 0,
+               count);
+    }
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < weight_size; ++k) {
+      T sum = sums[k];
+      for (int64_t c = 1; c < chunks; ++c) sum = sum + sums[c * weight_size + k];
+      grad_weight[k] = sum;
+    }
   }
 }
 
+namespace {
+
+// grad_bias[oc]: the sum of one channel's grad_output planes over the batch. Four vectors of
+// partial sums (independent add chains; one chain is add-latency bound), then a vector at a
+// time, then the last columns of a plane one by one; the lanes are added at the end. A
+// cloned function, so the AVX2 / AVX-512 builds vectorise it (an OpenMP body is not cloned).
+template <typename T>
+CNNOPS_SIMD_CLONES T grad_bias_channel(const T* grad_output, const Conv2dShape& s, int64_t oc) {
+  using V = Vec32<T>;
+  constexpr int64_t L = sizeof(V) / sizeof(T);
+  const int64_t plane = s.OH * s.OW, quad = plane / (4 * L) * (4 * L), full = plane / L * L;
+  V acc[4] = {V{}, V{}, V{}, V{}};
+  T tail = 0;
+  for (int64_t n = 0; n < s.N; ++n) {
+    const T* g = grad_output + (n * s.C_out + oc) * plane;
+    for (int64_t i = 0; i < quad; i += 4 * L)
+      for (int k = 0; k < 4; ++k) {
+        V v;
+        load<T, V, 1>(v, g + i + k * L, 1);
+        acc[k] += v;
+      }
+    for (int64_t i = quad; i < full; i += L) {
+      V v;
+      load<T, V, 1>(v, g + i, 1);
+      acc[0] += v;
+    }
+    for (int64_t i = full; i < plane; ++i) tail += g[i];
+  }
+  const V a = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  T sum = tail;
+  for (int64_t l = 0; l < L; ++l) sum += a[l];
+  return sum;
+}
+
+}  // namespace
+
 template <typename T>
 void conv2d_grad_bias_cpu(const T* grad_output, T* grad_bias, const Conv2dShape& s) {
-  const int64_t plane = s.OH * s.OW;
-#pragma omp parallel for schedule(static) if (s.N * s.C_out * plane > kParallelWork)
-  for (int64_t oc = 0; oc < s.C_out; ++oc) {
-    T sum = 0;
-    for (int64_t n = 0; n < s.N; ++n) {
-      const T* __restrict__ g = grad_output + (n * s.C_out + oc) * plane;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < plane; ++i) sum += g[i];
-    }
-    grad_bias[oc] = sum;
-  }
+#pragma omp parallel for schedule(static) if (s.N * s.C_out * s.OH * s.OW > kParallelWork)
+  for (int64_t oc = 0; oc < s.C_out; ++oc) grad_bias[oc] = grad_bias_channel(grad_output, s, oc);
 }
 
 #define CNNOPS_INSTANTIATE(T)                                                               \
