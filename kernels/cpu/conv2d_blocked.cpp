@@ -273,7 +273,7 @@ CNNOPS_INLINE void tile(const BlockedConv& c, int64_t n, int ocb, int64_t q0, in
 // one 8-float vector takes two registers). Several P per J: the driver picks the one that
 // wastes the fewest pixels on the layer's output width.
 struct TileShape { int J, P; };
-constexpr TileShape kAvx512Shapes[] = {{4, 6}, {3, 8}, {2, 14}, {2, 12}, {1, 28}, {1, 24}};
+constexpr TileShape kAvx512Shapes[] = {{4, 6}, {3, 8}, {2, 14}, {2, 12}, {1, 28}, {1, 24}, {1, 10}};
 constexpr TileShape kAvx2Shapes[] = {{2, 6}, {1, 12}};
 constexpr TileShape kBaselineShapes[] = {{1, 6}};
 
@@ -285,6 +285,7 @@ CNNOPS_TARGET_AVX512 void run_avx512(const BlockedConv& c, int64_t n, const Tile
     case 214: (c.xs == 16 ? unit<16, 2, 14, 16>(c, n, t) : unit<16, 2, 14, 1>(c, n, t)); break;
     case 212: (c.xs == 16 ? unit<16, 2, 12, 16>(c, n, t) : unit<16, 2, 12, 1>(c, n, t)); break;
     case 128: (c.xs == 16 ? unit<16, 1, 28, 16>(c, n, t) : unit<16, 1, 28, 1>(c, n, t)); break;
+    case 110: (c.xs == 16 ? unit<16, 1, 10, 16>(c, n, t) : unit<16, 1, 10, 1>(c, n, t)); break;
     default: (c.xs == 16 ? unit<16, 1, 24, 16>(c, n, t) : unit<16, 1, 24, 1>(c, n, t)); break;
   }
 }
@@ -711,7 +712,7 @@ void conv2d_blocked_forward(const BlockedForward& f) {
   const TileShape* shapes = isa == CpuIsa::kAvx512 ? kAvx512Shapes
                             : isa == CpuIsa::kAvx2  ? kAvx2Shapes
                                                     : kBaselineShapes;
-  const int nshapes = isa == CpuIsa::kAvx512 ? 6 : isa == CpuIsa::kAvx2 ? 2 : 1;
+  const int nshapes = isa == CpuIsa::kAvx512 ? 7 : isa == CpuIsa::kAvx2 ? 2 : 1;
   const int Jmax = shapes[0].J;
   int Pmax = 0;
   for (int i = 0; i < nshapes; ++i) Pmax = std::max(Pmax, shapes[i].P);
