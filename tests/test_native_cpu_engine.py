@@ -54,6 +54,9 @@ CASES = {
     "skip_batch_inner_dilated": ((32, 16, 4, 5), 32, (3, 3), dict(padding=2, dilation=2)),
     "skip_rows_5x5": ((2, 16, 7, 30), 32, (5, 5), dict(padding=2)),
     "skip_flat_7x7_stride2": ((3, 17, 9, 8), 16, (7, 7), dict(stride=2, padding=3)),
+    # one channel block on 10-wide rows (AVX-512: the 1 x 10 tile), plus a last block of one
+    "lenet_conv2_rows10": ((3, 6, 14, 14), 16, (5, 5), {}),
+    "five_blocks_rows10": ((2, 20, 12, 12), 80, (3, 3), {}),
 }
 
 
