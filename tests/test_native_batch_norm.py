@@ -118,6 +118,47 @@ def test_multithreaded(name, training):
     _compare(batch_norm, x, *_params(x.shape[1], torch.float64), training, 0.1, 1e-10, 1e-10)
 
 
+# planar (N, C, L) rows of each length class of kernels/cpu/batch_norm.cpp: shorter than a
+# vector, whole vectors and pairs of them with and without a tail, many rows per group of about
+# kChunk (1024) values (a channel's rows in one call), exactly kChunk and longer rows (one call
+# per row); all above kParallelWork values, so two threads split the work
+ROW_SHAPES = {"L3": (2000, 6, 3), "L16": (700, 5, 4, 4), "L37": (300, 7, 37),
+              "L64_lenet_bn": (256, 16, 8, 8), "L1024": (17, 3, 32, 32), "L1025": (17, 3, 1025),
+              "L1640": (5, 4, 40, 41)}
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("dtype,atol,rtol", TOLERANCES, ids=["float64", "float32"])
+@pytest.mark.parametrize("name", ROW_SHAPES)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_planar_row_lengths(name, training, dtype, atol, rtol, threads):
+    x = _randn(ROW_SHAPES[name], dtype, scale=3.0, shift=-1.0)
+    _compare(batch_norm, x, *_params(x.shape[1], dtype), training, 0.1, atol, rtol)
+
+
+@pytest.mark.parametrize("name", ["L3", "L37", "L64_lenet_bn", "L1640"])
+def test_planar_same_bits_for_any_thread_count(name):
+    """Planar sums are per channel in one fixed order: forward and backward give the same bits
+    with 1 and 2 threads."""
+    x = _randn(ROW_SHAPES[name], torch.float32, scale=3.0, shift=-1.0)
+    w, b, rm, rv = _params(x.shape[1], torch.float32)
+    dy = _randn(x.shape, torch.float32, seed=7)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out, mean, invstd, new_rm, new_rv = torch.ops.cnnops.batch_norm(
+                x, w, b, rm, rv, True, 0.1, 1e-5)
+            grads = torch.ops.cnnops.batch_norm_grad(dy, x, w, mean, invstd, True,
+                                                     [True, True, True])
+            results.append((out, mean, invstd, new_rm, new_rv, *grads))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("momentum", [0.0, 1.0, 0.37])
 def test_momentum(momentum):
     _compare(batch_norm, _randn((4, 3, 5), torch.float64), *_params(3, torch.float64), True,

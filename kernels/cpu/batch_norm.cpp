@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "batch_norm.h"
@@ -97,6 +98,170 @@ CNNOPS_SIMD_CLONES void row_grad_input(const T* __restrict__ dy, const T* __rest
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) dx[i] = (dy[i] - (x[i] - m) * k - mean_dy) * a;
 }
+
+// ---- planar channels of short rows (L <= kChunk) ---------------------------------------------
+// A call per row costs about as much as the row's work when rows are short (LeNet-BN's second
+// batch norm: 16 x 8 x 8, 4096 rows of 64 values; each call also reduced its vector partial
+// sums to a scalar). These walk all N rows of one channel (reductions) or a block of rows
+// (elementwise) in one call. The reductions keep two vectors of partial sums in T across rows
+// worth at most about kChunk values, which then join a double, as the row functions do (a row
+// of kChunk values or more is its own group: the row functions' chunks, one call per row).
+constexpr int64_t kShortRow = kChunk + 1;
+
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> { typedef float type __attribute__((vector_size(32))); };
+template <>
+struct VecOf<double> { typedef double type __attribute__((vector_size(32))); };
+template <typename T>
+using Vec = typename VecOf<T>::type;
+
+// (vectors by reference and out-parameters: a vector return value would change the baseline
+// build's ABI, -Wpsabi)
+template <typename T>
+CNNOPS_INLINE const Vec<T>& load_vec(Vec<T>& v, const T* p) {
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+CNNOPS_INLINE double lanes_sum(const Vec<T>& a, const Vec<T>& b, T tail) {
+  const Vec<T> v = a + b;
+  T sum = tail;
+  for (size_t l = 0; l < sizeof(Vec<T>) / sizeof(T); ++l) sum += v[l];
+  return sum;
+}
+
+// The reductions below take the rows x + n * stride, n < N, of one channel, in groups of this
+// many rows (about kChunk values) whose sums in T join the double.
+template <typename T>
+CNNOPS_INLINE int64_t rows_per_chunk(int64_t L) { return std::max<int64_t>(1, kChunk / L); }
+
+// sum(x) of one channel.
+template <typename T>
+CNNOPS_SIMD_CLONES double channel_sum(const T* x, int64_t N, int64_t stride, int64_t L) {
+  constexpr int64_t W = sizeof(Vec<T>) / sizeof(T);
+  const int64_t full = L / W * W, rows = rows_per_chunk<T>(L);
+  double total = 0;
+  for (int64_t n0 = 0; n0 < N; n0 += rows) {
+    Vec<T> a0 = {}, a1 = {};
+    T tail = 0;
+    for (int64_t n = n0; n < std::min(N, n0 + rows); ++n) {
+      const T* r = x + n * stride;
+      int64_t i = 0;
+      Vec<T> t, u;
+      for (; i + 2 * W <= full; i += 2 * W) a0 += load_vec(t, r + i), a1 += load_vec(u, r + i + W);
+      if (i < full) a0 += load_vec(t, r + i);
+      for (i = full; i < L; ++i) tail += r[i];
+    }
+    total += lanes_sum(a0, a1, tail);
+  }
+  return total;
+}
+
+// Adds sum(x - m) and sum((x - m)^2) of one channel.
+template <typename T>
+CNNOPS_SIMD_CLONES void channel_deviation_sums(const T* x, int64_t N, int64_t stride, int64_t L,
+                                               T m, double* sum_dev, double* sum_sq) {
+  constexpr int64_t W = sizeof(Vec<T>) / sizeof(T);
+  const int64_t full = L / W * W, rows = rows_per_chunk<T>(L);
+  for (int64_t n0 = 0; n0 < N; n0 += rows) {
+    Vec<T> d0 = {}, d1 = {}, q0 = {}, q1 = {};
+    T dev = 0, sq = 0;
+    for (int64_t n = n0; n < std::min(N, n0 + rows); ++n) {
+      const T* r = x + n * stride;
+      int64_t i = 0;
+      Vec<T> u, v;
+      for (; i + 2 * W <= full; i += 2 * W) {
+        load_vec(u, r + i), load_vec(v, r + i + W);
+        u -= m, v -= m;
+        d0 += u, d1 += v, q0 += u * u, q1 += v * v;
+      }
+      if (i < full) {
+        load_vec(u, r + i);
+        u -= m;
+        d0 += u, q0 += u * u;
+      }
+      for (i = full; i < L; ++i) {
+        const T d = r[i] - m;
+        dev += d;
+        sq += d * d;
+      }
+    }
+    *sum_dev += lanes_sum(d0, d1, dev);
+    *sum_sq += lanes_sum(q0, q1, sq);
+  }
+}
+
+// Adds sum(dy) and sum(dy * (x - m)) of one channel.
+template <typename T>
+CNNOPS_SIMD_CLONES void channel_grad_sums(const T* dy, const T* x, int64_t N, int64_t stride,
+                                          int64_t L, T m, double* sum_dy, double* sum_dy_dev) {
+  constexpr int64_t W = sizeof(Vec<T>) / sizeof(T);
+  const int64_t full = L / W * W, rows = rows_per_chunk<T>(L);
+  for (int64_t n0 = 0; n0 < N; n0 += rows) {
+    Vec<T> g0 = {}, g1 = {}, p0 = {}, p1 = {};
+    T g = 0, gd = 0;
+    for (int64_t n = n0; n < std::min(N, n0 + rows); ++n) {
+      const T* d = dy + n * stride;
+      const T* r = x + n * stride;
+      int64_t i = 0;
+      Vec<T> u, v, xu, xv;
+      for (; i + 2 * W <= full; i += 2 * W) {
+        load_vec(u, d + i), load_vec(v, d + i + W);
+        load_vec(xu, r + i), load_vec(xv, r + i + W);
+        g0 += u, g1 += v;
+        p0 += u * (xu - m), p1 += v * (xv - m);
+      }
+      if (i < full) {
+        load_vec(u, d + i), load_vec(xu, r + i);
+        g0 += u, p0 += u * (xu - m);
+      }
+      for (i = full; i < L; ++i) {
+        g += d[i];
+        gd += d[i] * (r[i] - m);
+      }
+    }
+    *sum_dy += lanes_sum(g0, g1, g);
+    *sum_dy_dev += lanes_sum(p0, p1, gd);
+  }
+}
+
+// Rows [r0, r1) of the elementwise passes (row r is channel r % C): y = (x - m) * scale + shift,
+// or dx = (dy - (x - m) * k - mean_dy) * a (training backward, when dy is not null).
+template <typename T>
+CNNOPS_SIMD_CLONES void rows_affine(const T* __restrict__ x, int64_t r0, int64_t r1, int64_t C,
+                                    int64_t L, const T* m, const T* scale, const T* shift,
+                                    T* __restrict__ y) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t c = r % C;
+    const T mc = m ? m[c] : T(0), sc = scale[c], bc = shift ? shift[c] : T(0);
+    const T* __restrict__ in = x + r * L;
+    T* __restrict__ out = y + r * L;
+#pragma omp simd
+    for (int64_t i = 0; i < L; ++i) out[i] = (in[i] - mc) * sc + bc;
+  }
+}
+
+template <typename T>
+CNNOPS_SIMD_CLONES void rows_grad_input(const T* __restrict__ dy, const T* __restrict__ x,
+                                        int64_t r0, int64_t r1, int64_t C, int64_t L,
+                                        const T* m, const T* k, const T* mean_dy, const T* a,
+                                        T* __restrict__ dx) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t c = r % C;
+    const T mc = m[c], kc = k[c], gc = mean_dy[c], ac = a[c];
+    const T* __restrict__ d = dy + r * L;
+    const T* __restrict__ in = x + r * L;
+    T* __restrict__ out = dx + r * L;
+#pragma omp simd
+    for (int64_t i = 0; i < L; ++i) out[i] = (d[i] - (in[i] - mc) * kc - gc) * ac;
+  }
+}
+
+// The elementwise passes over N * C short rows: blocks of about kChunk * 4 values a call.
+CNNOPS_INLINE int64_t rows_per_block(int64_t L) { return std::max<int64_t>(1, 4 * kChunk / L); }
 
 // ---- channels-last rows (all channels, per-channel coefficients) ----------------------------
 
@@ -191,14 +356,22 @@ void batch_stats(const T* x, const BatchNormShape& s, bool parallel, double* mea
     }
     return;
   }
+  const bool short_rows = s.L < kShortRow;
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t c = 0; c < s.C; ++c) {
-    double sum = 0;
-    for (int64_t n = 0; n < s.N; ++n) sum += row_sum(x + (n * s.C + c) * s.L, s.L);
+    double sum = 0, dev = 0, sq = 0;
+    if (short_rows) {
+      sum = channel_sum(x + c * s.L, s.N, s.C * s.L, s.L);
+    } else {
+      for (int64_t n = 0; n < s.N; ++n) sum += row_sum(x + (n * s.C + c) * s.L, s.L);
+    }
     const T rounded = static_cast<T>(sum / M);
-    double dev = 0, sq = 0;
-    for (int64_t n = 0; n < s.N; ++n)
-      row_deviation_sums(x + (n * s.C + c) * s.L, s.L, rounded, &dev, &sq);
+    if (short_rows) {
+      channel_deviation_sums(x + c * s.L, s.N, s.C * s.L, s.L, rounded, &dev, &sq);
+    } else {
+      for (int64_t n = 0; n < s.N; ++n)
+        row_deviation_sums(x + (n * s.C + c) * s.L, s.L, rounded, &dev, &sq);
+    }
     mean[c] = rounded + dev / M;
     var[c] = std::max(0.0, (sq - dev * dev / M) / M);
   }
@@ -220,9 +393,13 @@ void grad_sums(const T* dy, const T* x, const T* mean, const BatchNormShape& s, 
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t c = 0; c < s.C; ++c) {
     double g = 0, gd = 0;
-    for (int64_t n = 0; n < s.N; ++n) {
-      const int64_t offset = (n * s.C + c) * s.L;
-      row_grad_sums(dy + offset, x + offset, s.L, mean[c], &g, &gd);
+    if (s.L < kShortRow) {
+      channel_grad_sums(dy + c * s.L, x + c * s.L, s.N, s.C * s.L, s.L, mean[c], &g, &gd);
+    } else {
+      for (int64_t n = 0; n < s.N; ++n) {
+        const int64_t offset = (n * s.C + c) * s.L;
+        row_grad_sums(dy + offset, x + offset, s.L, mean[c], &g, &gd);
+      }
     }
     sum_dy[c] = g;
     sum_dy_dev[c] = gd;
@@ -270,8 +447,17 @@ void batch_norm_forward_cpu(const T* input, const T* weight, const T* bias,
                       output + m * s.C);
     return;
   }
+  const int64_t rows = s.N * s.C;
+  if (s.L < kShortRow) {
+    const int64_t block = rows_per_block(s.L);
 #pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t r = 0; r < s.N * s.C; ++r) {
+    for (int64_t r0 = 0; r0 < rows; r0 += block)
+      rows_affine(input, r0, std::min(rows, r0 + block), s.C, s.L, save_mean, scale.data(),
+                  shift.data(), output);
+    return;
+  }
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t r = 0; r < rows; ++r) {
     const int64_t c = r % s.C;
     row_affine(input + r * s.L, s.L, save_mean[c], scale[c], shift[c], output + r * s.L);
   }
@@ -314,8 +500,24 @@ void batch_norm_backward_cpu(const T* grad_output, const T* input, const T* weig
     }
     return;
   }
+  const int64_t rows = s.N * s.C;
+  if (s.L < kShortRow) {
+    const int64_t block = rows_per_block(s.L);
 #pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t r = 0; r < s.N * s.C; ++r) {
+    for (int64_t r0 = 0; r0 < rows; r0 += block) {
+      const int64_t r1 = std::min(rows, r0 + block);
+      if (training) {
+        rows_grad_input(grad_output, input, r0, r1, s.C, s.L, save_mean, k.data(),
+                        mean_dy.data(), a.data(), grad_input);
+      } else {
+        rows_affine(grad_output, r0, r1, s.C, s.L, static_cast<const T*>(nullptr), a.data(),
+                    static_cast<const T*>(nullptr), grad_input);
+      }
+    }
+    return;
+  }
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t r = 0; r < rows; ++r) {
     const int64_t c = r % s.C, offset = r * s.L;
     if (training) {
       row_grad_input(grad_output + offset, input + offset, s.L, save_mean[c], k[c], mean_dy[c],
