@@ -57,6 +57,9 @@ CASES = {
     # one channel block on 10-wide rows (AVX-512: the 1 x 10 tile), plus a last block of one
     "lenet_conv2_rows10": ((3, 6, 14, 14), 16, (5, 5), {}),
     "five_blocks_rows10": ((2, 20, 12, 12), 80, (3, 3), {}),
+    # batch 32 on a small plane: batch-inner tiles of 3 blocks x 8 images, the 7 blocks split
+    # into groups of 3 + 3 + 1 (the plan), the last block partial
+    "batch_inner_groups": ((32, 16, 3, 4), 100, (3, 3), dict(padding=1)),
 }
 
 
@@ -95,6 +98,7 @@ GRAD_INPUT_CASES = {
     "batch_inner_3x3": ((32, 32, 3, 3), 48, (3, 3), dict(padding=1)),
     "batch_inner_stride2": ((29, 16, 6, 6), 32, (3, 3), dict(stride=2, padding=1)),
     "batch_inner_5x5_pad2": ((32, 16, 4, 4), 16, (5, 5), dict(padding=2)),
+    "batch_inner_groups": ((32, 112, 3, 3), 16, (3, 3), dict(padding=1)),
     "thin_c_in_pad": ((3, 6, 10, 10), 16, (5, 5), dict(padding=2)),
     "thin_batch_inner_lenet_conv2": ((72, 6, 10, 10), 16, (5, 5), {}),
 }

@@ -847,20 +847,56 @@ void conv2d_blocked_forward(const BlockedForward& f) {
     }
     return bi ? cost : cost * s.N;
   };
-  // The batch-inner copy when its tiles (of the widest channel group) compute under 7/8 of what
-  // per-image tiles compute: 3x3 outputs computed 18 pixels a tile for 9 useful, and their
-  // tiles cannot skip the padded columns.
-  int64_t per_image_cost = -1, batch_cost = -1;
-  for (int i = 0; i < nshapes; ++i) {
-    if (shapes[i].J != Jmax) continue;
-    const int64_t cost = place_cost(false, shapes[i].P, scratch_q);
-    if (per_image_cost < 0 || cost < per_image_cost) per_image_cost = cost;
+  // A plan: per group size J (1..Jmax channel blocks) the cheapest tile width P, and the split
+  // of the ceil(C_out / VW) channel blocks into groups with the least total cost (J x the cost
+  // of J, per group; ties go to wider groups: fewer weight loads per FMA). With N = 32 the
+  // batch-inner tiles of 3 blocks x 8 images compute no padding, those of 4 x 6 one image in 9.
+  struct Plan {
+    int64_t cost = -1;
+    int p[5] = {0, 0, 0, 0, 0};
+    std::vector<int> groups;  // J of each group, in channel order
+  };
+  const int64_t out_blocks = ceil_div(s.C_out, VW);
+  auto plan = [&](bool bi) {
+    Plan pl;
+    int64_t cj[5] = {-1, -1, -1, -1, -1};
+    for (int i = 0; i < nshapes; ++i) {
+      const int J = shapes[i].J;
+      const int64_t cost = place_cost(bi, shapes[i].P, scratch_q);
+      if (cj[J] < 0 || cost < cj[J]) cj[J] = cost, pl.p[J] = shapes[i].P;
+    }
+    std::vector<int64_t> best(out_blocks + 1, -1);
+    std::vector<int> pick(out_blocks + 1, 0);
+    best[0] = 0;
+    for (int64_t nb = 1; nb <= out_blocks; ++nb)
+      for (int J = Jmax; J >= 1; --J) {
+        if (J > nb || cj[J] < 0 || best[nb - J] < 0) continue;
+        const int64_t cost = best[nb - J] + J * cj[J];
+        if (best[nb] < 0 || cost < best[nb]) best[nb] = cost, pick[nb] = J;
+      }
+    for (int64_t nb = out_blocks; nb > 0; nb -= pick[nb]) pl.groups.push_back(pick[nb]);
+    std::reverse(pl.groups.begin(), pl.groups.end());
+    pl.cost = best[out_blocks];
+    return pl;
+  };
+  // The batch-inner copy when its plan costs less, in cycles: C_in FMAs per pixel-tap of a
+  // channel block, plus ~2.5 cycles per output value for its scalar stores (the images of a
+  // tile lie an image apart) and its scattered copy, against ~0.25 for the per-image tiles'
+  // transposed vector stores (128 -> 128 3x3 on 12 x 12, batch 32: 3% fewer FMAs in batch-inner
+  // tiles, measured no faster, stays per image).
+  // Small planes: 3x3 outputs computed 18 pixels a tile for 9 useful, and per-image tiles
+  // cannot skip the padded columns.
+  Plan tiles_plan;
+  bool batch_inner = false;
+  if (!thin) {
+    tiles_plan = plan(false);
     if (blocked_in) {
-      const int64_t bcost = place_cost(true, shapes[i].P, scratch_q);
-      if (batch_cost < 0 || bcost < batch_cost) batch_cost = bcost;
+      Plan bi = plan(true);
+      const int64_t outputs = s.N * s.OH * s.OW * s.C_out;
+      if (bi.cost * s.C_in + 5 * outputs / 2 < tiles_plan.cost * s.C_in + outputs / 4)
+        tiles_plan = std::move(bi), batch_inner = true;
     }
   }
-  const bool batch_inner = blocked_in && batch_cost >= 0 && 8 * batch_cost < 7 * per_image_cost;
   const bool parallel = work > kParallelWork;
 
   // ---- input: phase-split, zero-padded copy (or the input itself)
@@ -1135,22 +1171,14 @@ void conv2d_blocked_forward(const BlockedForward& f) {
     return;
   }
 
-  // ---- tiles: channel-block groups of up to Jmax blocks; per group size J the tile width P
-  // with the cheapest placement
-  int best_p[5] = {0, 0, 0, 0, 0};
-  for (int J = 1; J <= Jmax; ++J) {
-    int64_t best_cost = -1;
-    for (int i = 0; i < nshapes; ++i) {
-      if (shapes[i].J != J) continue;
-      const int64_t cost = place_cost(batch_inner, shapes[i].P, scratch_q);
-      if (best_cost < 0 || cost < best_cost) best_cost = cost, best_p[J] = shapes[i].P;
-    }
-    if (best_p[J]) place(batch_inner, best_p[J], ws.q0[J]);
-  }
+  // ---- work items: per channel-block group (tiles_plan) the tiles of its J, in units of up
+  // to kPartialBytes of partial sums
+  for (int J = 1; J <= Jmax; ++J)
+    if (tiles_plan.p[J]) place(batch_inner, tiles_plan.p[J], ws.q0[J]);
   ws.items.clear();
-  for (int64_t ob = 0; ob < blocks;) {
-    const int J = static_cast<int>(std::min<int64_t>(Jmax, blocks - ob));
-    const int P = best_p[J];
+  int64_t ob = 0;
+  for (const int J : tiles_plan.groups) {
+    const int P = tiles_plan.p[J];
     const int64_t tiles = static_cast<int64_t>(ws.q0[J].size());
     const int64_t per_unit =
         std::max<int64_t>(1, kPartialBytes / (J * P * VW * int64_t(sizeof(float))));
