@@ -1180,11 +1180,16 @@ void conv2d_blocked_forward(const BlockedForward& f) {
   for (const int J : tiles_plan.groups) {
     const int P = tiles_plan.p[J];
     const int64_t tiles = static_cast<int64_t>(ws.q0[J].size());
+    // parts of equal size; batch-inner (one "image": the items are all the parallel work)
+    // at least 4 parts a group, taken dynamically: a few large items of unequal J left one of
+    // two threads idle for 10-20% of the call
     const int64_t per_unit =
         std::max<int64_t>(1, kPartialBytes / (J * P * VW * int64_t(sizeof(float))));
-    for (int64_t t0 = 0; t0 < tiles; t0 += per_unit)
+    const int64_t parts = std::min(tiles, std::max(ceil_div(tiles, per_unit), batch_inner ? int64_t(4) : int64_t(1)));
+    const int64_t size = ceil_div(tiles, parts);
+    for (int64_t t0 = 0; t0 < tiles; t0 += size)
       ws.items.push_back({static_cast<int32_t>(ob), J, P,
-                          static_cast<int32_t>(std::min(per_unit, tiles - t0)),
+                          static_cast<int32_t>(std::min(size, tiles - t0)),
                           ws.q0[J].data() + t0});
     ob += J;
   }
@@ -1207,13 +1212,19 @@ void conv2d_blocked_forward(const BlockedForward& f) {
   // are read from memory once rather than once per image.
   const int64_t images = batch_inner ? 1 : s.N;  // batch-inner: one image of N * OH * Wq pixels
   const bool images_inner = s.C_out * K * int64_t(sizeof(float)) > (int64_t(512) << 10);
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t u = 0; u < images * items; ++u) {
+  auto run_item = [&](int64_t u) {
     const int64_t n = images_inner ? u % images : u / items;
     const TileItem& t = item[images_inner ? u / images : u % items];
     if (isa == CpuIsa::kAvx512) run_avx512(c, n, t);
     else if (isa == CpuIsa::kAvx2) run_avx2(c, n, t);
     else run_baseline(c, n, t);
+  };
+  if (batch_inner) {
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+    for (int64_t u = 0; u < items; ++u) run_item(u);
+  } else {
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t u = 0; u < images * items; ++u) run_item(u);
   }
   // The input copy is kept for the next call, unless it is large: a big one-off layer should
   // not hold its copy for the life of the thread.
