@@ -60,6 +60,10 @@ CASES = {
     # batch 32 on a small plane: batch-inner tiles of 3 blocks x 8 images, the 7 blocks split
     # into groups of 3 + 3 + 1 (the plan), the last block partial
     "batch_inner_groups": ((32, 16, 3, 4), 100, (3, 3), dict(padding=1)),
+    # rows of 16+ values: the input copy's 16 x 16 transposes (stride 1, and stride 2 through
+    # the even / odd permute), a partial channel block beside them
+    "copy_transposed": ((2, 32, 5, 40), 16, (3, 3), dict(padding=1)),
+    "copy_transposed_stride2": ((2, 40, 7, 45), 32, (3, 3), dict(stride=2, padding=1)),
 }
 
 

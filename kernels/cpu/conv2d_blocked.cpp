@@ -301,6 +301,85 @@ void run_baseline(const BlockedConv& c, int64_t n, const TileItem& t) {
 
 
 
+#if CNNOPS_CPU_X86
+// In-register transpose of 16 x 16 floats: r[i] lane l becomes r[l] lane i.
+CNNOPS_TARGET_AVX512 inline void transpose16(__m512 r[16]) {
+  // the zero-masking forms with an all-ones mask: GCC 12's plain ones pass an undefined
+  // source and warn (-Wmaybe-uninitialized); same instructions
+  const __mmask16 kAll = 0xFFFF;
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_maskz_unpacklo_ps(kAll, r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_maskz_unpackhi_ps(kAll, r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_maskz_shuffle_ps(kAll, t[4 * i], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_maskz_shuffle_ps(kAll, t[4 * i], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_maskz_shuffle_ps(kAll, t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_maskz_shuffle_ps(kAll, t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_maskz_shuffle_f32x4(kAll, r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_maskz_shuffle_f32x4(kAll, r[i], r[i + 4], 0xDD);
+    t[i + 8] = _mm512_maskz_shuffle_f32x4(kAll, r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_maskz_shuffle_f32x4(kAll, r[i + 8], r[i + 12], 0xDD);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_maskz_shuffle_f32x4(kAll, t[i], t[i + 8], 0x88);
+    r[i + 4] = _mm512_maskz_shuffle_f32x4(kAll, t[i + 4], t[i + 12], 0x88);
+    r[i + 8] = _mm512_maskz_shuffle_f32x4(kAll, t[i], t[i + 8], 0xDD);
+    r[i + 12] = _mm512_maskz_shuffle_f32x4(kAll, t[i + 4], t[i + 12], 0xDD);
+  }
+}
+
+// The input copies' inner loop: row[j ds + l] = src[l][j sw] for j in [lo, hi), l < 16, by 16
+// x 16 transposes of 16 source rows (stride 1, or 2 through an even/odd permute), the rest and
+// other strides value by value. One value a cycle was 5-12% of a layer (12% at stride 2).
+CNNOPS_TARGET_AVX512 void gather16_avx512(const float* const* src, int64_t lo, int64_t hi,
+                                          int64_t sw, float* row, int64_t ds) {
+  int64_t j = lo;
+  if (sw == 1 || sw == 2) {
+    // stride 2 reads src[l][2j .. 2j + 31]: within the valid values when j + 17 <= hi
+    const int64_t end = sw == 1 ? hi - 16 : hi - 17;
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    for (; j <= end; j += 16) {
+      __m512 r[16];
+      for (int l = 0; l < 16; ++l) {
+        if (sw == 1) {
+          r[l] = _mm512_loadu_ps(src[l] + j);
+        } else {
+          const __m512 a = _mm512_loadu_ps(src[l] + 2 * j), b = _mm512_loadu_ps(src[l] + 2 * j + 16);
+          r[l] = _mm512_permutex2var_ps(a, even, b);
+        }
+      }
+      transpose16(r);
+      for (int i = 0; i < 16; ++i) _mm512_storeu_ps(row + (j + i) * ds, r[i]);
+    }
+  }
+  for (; j < hi; ++j)
+#pragma GCC unroll 16
+    for (int l = 0; l < 16; ++l) row[j * ds + l] = src[l][j * sw];
+}
+
+#endif
+
+// row[j ds + l] = src[l][j sw] for j in [lo, hi), l < lanes (the last channel block may hold
+// fewer than 16)
+void gather_channels(const float* const* src, int lanes, int64_t lo, int64_t hi, int64_t sw,
+                     float* row, int64_t ds, CpuIsa isa) {
+#if CNNOPS_CPU_X86
+  if (lanes == 16 && isa == CpuIsa::kAvx512) return gather16_avx512(src, lo, hi, sw, row, ds);
+#endif
+  if (lanes == 16) {
+    for (int64_t j = lo; j < hi; ++j)
+#pragma GCC unroll 16
+      for (int l = 0; l < 16; ++l) row[j * ds + l] = src[l][j * sw];
+    return;
+  }
+  for (int64_t j = lo; j < hi; ++j)
+    for (int l = 0; l < lanes; ++l) row[j * ds + l] = src[l][j * sw];
+}
+
 // ---- vec_out: a unit's results [J][span][VW] (pixel-major, VW channels a pixel) written to
 // NCHW output by VW x VW transposes: VW pixels of one output row x VW channels become VW
 // channel rows of VW pixels, stored (masked) as whole vectors. Bias and ReLU are added before
@@ -311,9 +390,6 @@ CNNOPS_TARGET_AVX512 void write_unit_avx512(const BlockedConv& c, int64_t n, int
                                             int64_t qbase, int64_t span, const float* buf) {
   float* out_n = c.out + n * c.out_image;
   const __m512 zero = _mm512_setzero_ps();
-  // the zero-masking forms with an all-ones mask: GCC 12's plain ones pass an undefined
-  // source and warn (-Wmaybe-uninitialized); same instructions
-  const __mmask16 kAll = 0xFFFF;
   for (int j = 0; j < J; ++j) {
     const int64_t oc0 = int64_t(ocb + j) * 16;
     const int lanes = static_cast<int>(std::min<int64_t>(16, c.C_out - oc0));
@@ -330,7 +406,7 @@ CNNOPS_TARGET_AVX512 void write_unit_avx512(const BlockedConv& c, int64_t n, int
       const int64_t valid_end = std::min(row_end, q - ow + c.OW);
       for (; q < valid_end; q += 16) {
         const int cnt = static_cast<int>(std::min<int64_t>(16, valid_end - q));
-        __m512 r[16], t[16];
+        __m512 r[16];
         for (int i = 0; i < 16; ++i) {
           __m512 v = i < cnt ? _mm512_load_ps(src + (q - qbase + i) * 16) : zero;
           v = _mm512_add_ps(v, bias);
@@ -338,28 +414,7 @@ CNNOPS_TARGET_AVX512 void write_unit_avx512(const BlockedConv& c, int64_t n, int
           if (c.relu) v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
           r[i] = v;
         }
-        for (int i = 0; i < 8; ++i) {
-          t[2 * i] = _mm512_maskz_unpacklo_ps(kAll, r[2 * i], r[2 * i + 1]);
-          t[2 * i + 1] = _mm512_maskz_unpackhi_ps(kAll, r[2 * i], r[2 * i + 1]);
-        }
-        for (int i = 0; i < 4; ++i) {
-          r[4 * i] = _mm512_maskz_shuffle_ps(kAll, t[4 * i], t[4 * i + 2], 0x44);
-          r[4 * i + 1] = _mm512_maskz_shuffle_ps(kAll, t[4 * i], t[4 * i + 2], 0xEE);
-          r[4 * i + 2] = _mm512_maskz_shuffle_ps(kAll, t[4 * i + 1], t[4 * i + 3], 0x44);
-          r[4 * i + 3] = _mm512_maskz_shuffle_ps(kAll, t[4 * i + 1], t[4 * i + 3], 0xEE);
-        }
-        for (int i = 0; i < 4; ++i) {
-          t[i] = _mm512_maskz_shuffle_f32x4(kAll, r[i], r[i + 4], 0x88);
-          t[i + 4] = _mm512_maskz_shuffle_f32x4(kAll, r[i], r[i + 4], 0xDD);
-          t[i + 8] = _mm512_maskz_shuffle_f32x4(kAll, r[i + 8], r[i + 12], 0x88);
-          t[i + 12] = _mm512_maskz_shuffle_f32x4(kAll, r[i + 8], r[i + 12], 0xDD);
-        }
-        for (int i = 0; i < 4; ++i) {
-          r[i] = _mm512_maskz_shuffle_f32x4(kAll, t[i], t[i + 8], 0x88);
-          r[i + 4] = _mm512_maskz_shuffle_f32x4(kAll, t[i + 4], t[i + 12], 0x88);
-          r[i + 8] = _mm512_maskz_shuffle_f32x4(kAll, t[i], t[i + 8], 0xDD);
-          r[i + 12] = _mm512_maskz_shuffle_f32x4(kAll, t[i + 4], t[i + 12], 0xDD);
-        }
+        transpose16(r);
         const __mmask16 m = static_cast<__mmask16>((1u << cnt) - 1);
         float* dst = out_n + oc0 * c.out_plane + oh * c.out_row + (q - (oh * c.Wq));
         for (int l = 0; l < lanes; ++l) _mm512_mask_storeu_ps(dst + l * c.out_plane, m, r[l]);
@@ -929,14 +984,7 @@ void conv2d_blocked_forward(const BlockedForward& f) {
             const float* srow[16];
             for (int l = 0; l < lanes; ++l)
               srow[l] = input + (((n0 + l) * s.C_in + ic) * s.H + r) * s.W + b - s.pad_w;
-            if (lanes == 16) {
-              for (int64_t j = lo; j < hi; ++j)
-#pragma GCC unroll 16
-                for (int l = 0; l < 16; ++l) row[j * s.N + l] = srow[l][j * sw];
-            } else {
-              for (int64_t j = lo; j < hi; ++j)
-                for (int l = 0; l < lanes; ++l) row[j * s.N + l] = srow[l][j * sw];
-            }
+            gather_channels(srow, lanes, lo, hi, sw, row, s.N, isa);
           }
     }
     x = xr;
@@ -962,10 +1010,10 @@ void conv2d_blocked_forward(const BlockedForward& f) {
             valid_outputs(s.W, Wq, sw, s.pad_w, b, &lo, &hi);
             float* row = xr + icb * chan_b * s.N +
                          ((phase_id[a * sw + b] * phase_plane + i * Wq) * s.N + n) * 16;
-            for (int l = 0; l < lanes; ++l) {
-              const float* src = input + ((n * s.C_in + icb * 16 + l) * s.H + r) * s.W + b - s.pad_w;
-              for (int64_t j = lo; j < hi; ++j) row[j * s.N * 16 + l] = src[j * sw];
-            }
+            const float* srow[16];
+            for (int l = 0; l < lanes; ++l)
+              srow[l] = input + ((n * s.C_in + icb * 16 + l) * s.H + r) * s.W + b - s.pad_w;
+            gather_channels(srow, lanes, lo, hi, sw, row, s.N * 16, isa);
           }
     }
     x = xr;
@@ -996,14 +1044,7 @@ void conv2d_blocked_forward(const BlockedForward& f) {
             const float* srow[16];
             for (int l = 0; l < lanes; ++l)
               srow[l] = input + ((n * s.C_in + icb * 16 + l) * s.H + r) * s.W + b - s.pad_w;
-            if (lanes == 16) {
-              for (int64_t j = lo; j < hi; ++j)
-#pragma GCC unroll 16
-                for (int l = 0; l < 16; ++l) row[j * 16 + l] = srow[l][j * sw];
-            } else {
-              for (int64_t j = lo; j < hi; ++j)
-                for (int l = 0; l < lanes; ++l) row[j * 16 + l] = srow[l][j * sw];
-            }
+            gather_channels(srow, lanes, lo, hi, sw, row, 16, isa);
           }
     }
     x = xr;
