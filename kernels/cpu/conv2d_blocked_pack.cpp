@@ -303,7 +303,10 @@ void pack_strided(const PackSpec& p, float* dst, bool parallel, TileFn tile, int
   // Order: output-channel blocks, then input channels. (Runs of 16 input channels outside
   // the blocks, so that each source row is read in order, measured no faster on 512 -> 512
   // and slower on the planar order; the machine was noisy.)
-  for_blocks(blocks, parallel, [&](int64_t ob) {
+  // (an explicit OpenMP loop, not for_blocks: through the lambda this loop ran 1.2x slower;
+  // the parallel region's 0.3 us is nothing next to a layer with 5+ taps)
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t ob = 0; ob < blocks; ++ob) {
     const int nrows = static_cast<int>(std::min<int64_t>(R, p.C_out - ob * R));
     float* d = dst + ob * p.K * R;
     int64_t rows[32];
@@ -321,7 +324,7 @@ void pack_strided(const PackSpec& p, float* dst, bool parallel, TileFn tile, int
         tile(src + c0s[i], p.w_out, nrows, masks[i], n, cols + first[i], rows, d, R);
       }
     }
-  });
+  }
 }
 
 }  // namespace
