@@ -27,6 +27,7 @@
 // and ReLU, to NCHW output (keeps the register allocation of the hot loop free of the
 // epilogue's needs).
 #include "conv2d_blocked.h"
+#include "conv2d_blocked_pack.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -1160,13 +1161,22 @@ void conv2d_blocked_forward(const BlockedForward& f) {
     // speed of the whole kernel)
     e->packed.resize(blocks * K * lanes + 16);
     float* dst = align64(e->packed.data());
-#pragma omp parallel for schedule(static) if (parallel && blocks * K * lanes > kParallelWork)
-    for (int64_t ob = 0; ob < blocks; ++ob)
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t l = 0; l < lanes; ++l) {
-          const int64_t oc = ob * lanes + l;
-          dst[(ob * K + k) * lanes + l] = oc < s.C_out ? weight[oc * w_out + ws.korder[k]] : 0.0f;
-        }
+    if (!thin_bi) {
+      // by in-register transposes (conv2d_blocked_pack.cpp)
+      PackSpec p;
+      p.weight = weight, p.C_out = s.C_out, p.C_in = s.C_in, p.taps = taps;
+      p.w_out = w_out, p.w_in = w_in, p.w_tap = f.w_tap, p.blocked_in = blocked_in;
+      p.lanes = lanes, p.K = K;
+      pack_blocked_weights(p, dst, parallel);
+    } else {
+      // tap-major (thin batch-inner): value by value, korder; thin weights are small
+      for (int64_t ob = 0; ob < blocks; ++ob)
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t l = 0; l < lanes; ++l) {
+            const int64_t oc = ob * lanes + l;
+            dst[(ob * K + k) * lanes + l] = oc < s.C_out ? weight[oc * w_out + ws.korder[k]] : 0.0f;
+          }
+    }
   }
   const float* wr = align64(e->packed.data());
 
