@@ -20,12 +20,20 @@
 // matrix product and reads the NCHW input as it is (no repack) unless its planes alias in L1.
 // With C_in >= 16 the copy is channel-blocked by 16 (see `blocked_in`).
 //
-// The weights are repacked per call into [C_out / VW][C_in * KH * KW][VW] (their size is
-// C_in KH KW C_out, a 1 / (N OH OW) fraction of the FMAs; no cache: an optimizer updates
-// weights in place, at the same address, so a cache would need a checksum pass anyway).
-// Accumulators are stored to a stack tile and the out-of-line epilogue writes them, with bias
-// and ReLU, to NCHW output (keeps the register allocation of the hot loop free of the
-// epilogue's needs).
+// The weights are repacked into [C_out / VW][C_in * KH * KW][VW] by in-register transposes
+// (conv2d_blocked_pack.cpp) and kept per thread while their bytes are unchanged (an optimizer
+// updates weights in place, at the same address: the key is a memcmp of the bytes).
+//
+// Taps that read only padding are skipped: per tile, the kernel rows and columns that reach
+// the input for some pixel of the tile (tile_taps). Tiles along a row skip the kernel rows of
+// the top and bottom output rows; batch-inner tiles (P images at one position, below) skip
+// exactly. A plan per layer picks the tile width per channel-group size, the split of the
+// channel blocks into groups, and per-image or batch-inner tiles, by the pixel-taps computed
+// plus the cost of the epilogue's stores.
+//
+// Accumulators go to a stack tile (or a per-thread buffer, vec_out) and the out-of-line
+// epilogue writes them, with bias and ReLU, to NCHW output (keeps the register allocation of
+// the hot loop free of the epilogue's needs).
 #include "conv2d_blocked.h"
 #include "conv2d_blocked_pack.h"
 
