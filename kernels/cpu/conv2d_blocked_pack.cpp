@@ -225,7 +225,7 @@ void pack_forward(const PackSpec& p, float* dst, bool parallel, TileFn tile, int
   const int64_t* invp = inv.data();
   // blocked_in, over 8 MiB: a segment's rows are stored (out of order: tap-major) into an
   // L1-sized buffer, then copied out in order; storing them to dst directly, full lines but
-  // 16 taps apart, took 1.1-1.25x longer on ResNet-18's 512 -> 512 3x3 (9.4 MB: the line fills
+  // 16 taps apart, took 1.05-1.25x longer on ResNet-18's 512 -> 512 3x3 (9.4 MB: the line fills
   // of scattered stores are not prefetched). Up to 256 -> 512 3x3 (4.7 MB) the extra copy
   // cost more (1.2-1.3x) than it saved.
   const bool staged = p.blocked_in && blocks * p.K * R * int64_t(sizeof(float)) > kStageBytes;
