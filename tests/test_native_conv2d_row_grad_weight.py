@@ -30,6 +30,8 @@ CASES = {
     "six_blocks": ((150, 1, 20, 20), 12, (5, 5), (1, 1), (2, 2), (1, 1), 1),
     "batch_below_one_chunk": ((7, 1, 28, 28), 6, (5, 5), (1, 1), (2, 2), (1, 1), 1),
     "narrow_rows": ((400, 2, 9, 6), 5, (3, 3), (1, 1), (1, 0), (1, 1), 1),
+    # rows narrower than a vector with 3-channel blocks (AVX-512) and a partial block
+    "narrow_rows_5x5_cout7": ((300, 1, 8, 7), 7, (5, 5), (1, 1), (2, 1), (1, 1), 1),
 }
 
 

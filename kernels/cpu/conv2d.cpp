@@ -320,6 +320,37 @@ CNNOPS_INLINE void conv_weight_filter_impl(const T* grad_output, const T* xpad, 
     for (int64_t l = 0; l < L; ++l) gw[t] += acc[t * L + l];
 }
 
+// conv_weight_block for rows narrower than a vector: scalar sums. A function of its own so
+// that its scalar accumulators are not live in the vector loop (they took registers there).
+template <typename T, int kStride, int KW, int OCB, int ICB>
+CNNOPS_INLINE void conv_weight_block_narrow(const T* grad_output, const T* xpad, int64_t Hp,
+                                            int64_t Wp, T* grad_weight, const Conv2dShape& s,
+                                            int64_t oc0, int64_t icg0, int64_t n0, int64_t n1) {
+  const int64_t cin_g = s.C_in / s.groups, cout_g = s.C_out / s.groups;
+  const int64_t ic0 = (oc0 / cout_g) * cin_g + icg0;
+  const int64_t sw = kStride ? kStride : s.stride_w;
+  for (int64_t kh = 0; kh < s.KH; ++kh) {
+    T acc[OCB][ICB][KW] = {};
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t oh = 0; oh < s.OH; ++oh)
+        for (int64_t ow = 0; ow < s.OW; ++ow)
+          for (int j = 0; j < OCB; ++j) {
+            const T g = grad_output[((n * s.C_out + oc0 + j) * s.OH + oh) * s.OW + ow];
+            for (int i = 0; i < ICB; ++i) {
+              const T* x = xpad + ((n * s.C_in + ic0 + i) * Hp + oh * s.stride_h +
+                                   kh * s.dil_h) * Wp + ow * sw;
+              for (int kw = 0; kw < KW; ++kw) acc[j][i][kw] += g * x[kw * s.dil_w];
+            }
+          }
+    for (int j = 0; j < OCB; ++j)
+      for (int i = 0; i < ICB; ++i)
+        for (int kw = 0; kw < KW; ++kw) {
+          T& gw = grad_weight[(((oc0 + j) * cin_g + icg0 + i) * s.KH + kh) * KW + kw];
+          gw = n0 == 0 ? acc[j][i][kw] : gw + acc[j][i][kw];
+        }
+  }
+}
+
 // grad_weight of the OCB x ICB filters (oc0 + j, icg0 + i) for a kernel width known at
 // compile time (KW <= 7), one filter row kh at a time: for every (n, oh) and every vector of
 // L output columns, OCB grad_output vectors and ICB x KW input vectors are loaded and all
@@ -336,13 +367,17 @@ CNNOPS_INLINE void conv_weight_block(const T* grad_output, const T* xpad, int64_
   constexpr int64_t L = sizeof(V) / sizeof(T);
   const int64_t cin_g = s.C_in / s.groups, cout_g = s.C_out / s.groups;
   const int64_t ic0 = (oc0 / cout_g) * cin_g + icg0;  // the input channel of icg0
+  if (s.OW < L) {
+    conv_weight_block_narrow<T, kStride, KW, OCB, ICB>(grad_output, xpad, Hp, Wp, grad_weight, s,
+                                                       oc0, icg0, n0, n1);
+    return;
+  }
   const int64_t sw = kStride ? kStride : s.stride_w, full = s.OW / L * L;
   for (int64_t kh = 0; kh < s.KH; ++kh) {
     V acc[OCB][ICB][KW];
-    T tail[OCB][ICB][KW];
     for (int j = 0; j < OCB; ++j)
       for (int i = 0; i < ICB; ++i)
-        for (int kw = 0; kw < KW; ++kw) acc[j][i][kw] = V{}, tail[j][i][kw] = T(0);
+        for (int kw = 0; kw < KW; ++kw) acc[j][i][kw] = V{};
     for (int64_t n = n0; n < n1; ++n) {
       for (int64_t oh = 0; oh < s.OH; ++oh) {
         const T* g_row[OCB];
@@ -361,7 +396,7 @@ CNNOPS_INLINE void conv_weight_block(const T* grad_output, const T* xpad, int64_
               for (int j = 0; j < OCB; ++j) acc[j][i][kw] += g[j] * x;
             }
         }
-        if (full < s.OW && s.OW >= L) {
+        if (full < s.OW) {
           // the last columns as one vector: the row's last L columns, with the lanes the loop
           // above already summed set to zero in both factors (so they add exactly +0)
           const int64_t ow = s.OW - L;
@@ -379,20 +414,14 @@ CNNOPS_INLINE void conv_weight_block(const T* grad_output, const T* xpad, int64_
               x = (V)((Mask)x & keep);
               for (int j = 0; j < OCB; ++j) acc[j][i][kw] += g[j] * x;
             }
-        } else {
-          for (int64_t ow = full; ow < s.OW; ++ow)  // rows narrower than a vector
-            for (int j = 0; j < OCB; ++j)
-              for (int i = 0; i < ICB; ++i)
-                for (int kw = 0; kw < KW; ++kw)
-                  tail[j][i][kw] += g_row[j][ow] * x_row[i][kw * s.dil_w + ow * sw];
         }
       }
     }
     for (int j = 0; j < OCB; ++j)
       for (int i = 0; i < ICB; ++i)
         for (int kw = 0; kw < KW; ++kw) {
-          T sum = tail[j][i][kw];
-          for (int64_t l = 0; l < L; ++l) sum += acc[j][i][kw][l];
+          T sum = acc[j][i][kw][0];
+          for (int64_t l = 1; l < L; ++l) sum += acc[j][i][kw][l];
           T& gw = grad_weight[(((oc0 + j) * cin_g + icg0 + i) * s.KH + kh) * KW + kw];
           gw = n0 == 0 ? sum : gw + sum;  // images [n0, n1) add to the earlier images' sum
         }
@@ -400,8 +429,8 @@ CNNOPS_INLINE void conv_weight_block(const T* grad_output, const T* xpad, int64_
 }
 
 // The filters (oc0 .. oc0 + oc_count) x (icg0 .. icg0 + ic_count) with blocks of OCB x ICB
-// (about 12-16 accumulators: KW = 1: 4 x 4, KW <= 3: 4 x 1, else 2 x 1), a partial block as
-// single filters.
+// (about 12-16 accumulators: KW = 1: 4 x 4, KW <= 3: 4 x 1, else 2 x 1, or 3 x 1 where the
+// AVX-512 clones run: wide_blocks), a partial block as single filters.
 template <typename T, int kStride, int KW, int OCB, int ICB>
 CNNOPS_INLINE void conv_weight_unit(const T* grad_output, const T* xpad, int64_t Hp, int64_t Wp,
                                     T* grad_weight, const Conv2dShape& s, int64_t oc0,
@@ -419,14 +448,28 @@ CNNOPS_INLINE void conv_weight_unit(const T* grad_output, const T* xpad, int64_t
 }
 
 // The block shape the driver uses for kernel width KW (0: KW > 7, the generic loop).
-CNNOPS_INLINE int64_t weight_oc_block(int64_t KW) { return KW == 1 || KW <= 3 ? 4 : KW <= 7 ? 2 : 1; }
+CNNOPS_INLINE int64_t weight_oc_block(int64_t KW, bool wide) {
+  return KW == 1 || KW <= 3 ? 4 : KW <= 7 ? (wide ? 3 : 2) : 1;
+}
+// Whether the loader runs the x86-64-v4 (AVX-512) clones: 32 vector registers, room for 3 x KW
+// accumulators plus the loads (the AVX2 and baseline clones have 16 and keep 2 x KW). The
+// block shape does not change any weight's sum (each accumulator adds the same products in
+// the same order), only how many filters share the input loads.
+CNNOPS_INLINE bool wide_blocks() {
+#if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 12 && !defined(__clang__)
+  static const bool wide = __builtin_cpu_supports("x86-64-v4");
+  return wide;
+#else
+  return false;
+#endif
+}
 CNNOPS_INLINE int64_t weight_ic_block(int64_t KW) { return KW == 1 ? 4 : 1; }
 
 template <typename T, int kStride>
 CNNOPS_INLINE void conv_weight_unit_any(const T* grad_output, const T* xpad, int64_t Hp,
                                         int64_t Wp, T* grad_weight, const Conv2dShape& s,
                                         int64_t oc0, int64_t oc_count, int64_t icg0,
-                                        int64_t ic_count, int64_t n0, int64_t n1) {
+                                        int64_t ic_count, int64_t n0, int64_t n1, bool wide) {
 #define CNNOPS_UNIT(KW, OCB, ICB) \
   return conv_weight_unit<T, kStride, KW, OCB, ICB>(grad_output, xpad, Hp, Wp, grad_weight, s, \
                                                     oc0, oc_count, icg0, ic_count, n0, n1)
@@ -434,10 +477,10 @@ CNNOPS_INLINE void conv_weight_unit_any(const T* grad_output, const T* xpad, int
     case 1: CNNOPS_UNIT(1, 4, 4);
     case 2: CNNOPS_UNIT(2, 4, 1);
     case 3: CNNOPS_UNIT(3, 4, 1);
-    case 4: CNNOPS_UNIT(4, 2, 1);
-    case 5: CNNOPS_UNIT(5, 2, 1);
-    case 6: CNNOPS_UNIT(6, 2, 1);
-    case 7: CNNOPS_UNIT(7, 2, 1);
+    case 4: if (wide) CNNOPS_UNIT(4, 3, 1); else CNNOPS_UNIT(4, 2, 1);
+    case 5: if (wide) CNNOPS_UNIT(5, 3, 1); else CNNOPS_UNIT(5, 2, 1);
+    case 6: if (wide) CNNOPS_UNIT(6, 3, 1); else CNNOPS_UNIT(6, 2, 1);
+    case 7: if (wide) CNNOPS_UNIT(7, 3, 1); else CNNOPS_UNIT(7, 2, 1);
     default: {  // wide kernels (AlexNet's 11): the generic loop over all images, one filter at
                // a time (the driver calls it with the whole batch, n0 = 0, n1 = N)
       const int64_t cin_g = s.C_in / s.groups, cout_g = s.C_out / s.groups;
@@ -455,13 +498,14 @@ template <typename T>
 CNNOPS_SIMD_CLONES void conv_weight_unit_cloned(const T* grad_output, const T* xpad, int64_t Hp,
                                                 int64_t Wp, T* grad_weight, const Conv2dShape& s,
                                                 int64_t oc0, int64_t oc_count, int64_t icg0,
-                                                int64_t ic_count, int64_t n0, int64_t n1) {
+                                                int64_t ic_count, int64_t n0, int64_t n1,
+                                                bool wide) {
   if (s.stride_w == 1)
-    conv_weight_unit_any<T, 1>(grad_output, xpad, Hp, Wp, grad_weight, s, oc0, oc_count, icg0, ic_count, n0, n1);
+    conv_weight_unit_any<T, 1>(grad_output, xpad, Hp, Wp, grad_weight, s, oc0, oc_count, icg0, ic_count, n0, n1, wide);
   else if (s.stride_w == 2)
-    conv_weight_unit_any<T, 2>(grad_output, xpad, Hp, Wp, grad_weight, s, oc0, oc_count, icg0, ic_count, n0, n1);
+    conv_weight_unit_any<T, 2>(grad_output, xpad, Hp, Wp, grad_weight, s, oc0, oc_count, icg0, ic_count, n0, n1, wide);
   else
-    conv_weight_unit_any<T, 0>(grad_output, xpad, Hp, Wp, grad_weight, s, oc0, oc_count, icg0, ic_count, n0, n1);
+    conv_weight_unit_any<T, 0>(grad_output, xpad, Hp, Wp, grad_weight, s, oc0, oc_count, icg0, ic_count, n0, n1, wide);
 }
 
 }  // namespace
@@ -528,7 +572,8 @@ void conv2d_grad_weight_cpu(const T* grad_output, const T* input, T* grad_weight
   }
   const int64_t cin_g = s.C_in / s.groups, cout_g = s.C_out / s.groups, taps = s.KH * s.KW;
   const int64_t work = s.N * s.C_out * s.OH * s.OW * cin_g * taps;
-  const int64_t ocb = weight_oc_block(s.KW), icb = weight_ic_block(s.KW);
+  const bool wide = wide_blocks();
+  const int64_t ocb = weight_oc_block(s.KW, wide), icb = weight_ic_block(s.KW);
   const int64_t oc_blocks = ceil_div(cout_g, ocb);  // per group
   const int64_t oc_units = s.groups * oc_blocks, ic_units = ceil_div(cin_g, icb);
   const int64_t units = oc_units * ic_units;
@@ -548,7 +593,7 @@ void conv2d_grad_weight_cpu(const T* grad_output, const T* input, T* grad_weight
     const int64_t g = ou / oc_blocks, first = (ou % oc_blocks) * ocb;
     conv_weight_unit_cloned(gout, x, xHp, xWp, gw, s, g * cout_g + first,
                             std::min(ocb, cout_g - first), v * icb,
-                            std::min(icb, cin_g - v * icb), n0, n1);
+                            std::min(icb, cin_g - v * icb), n0, n1, wide);
   };
   const bool split = s.KW <= 7 && chunks > 1 && parallel &&
                      units < 4 * static_cast<int64_t>(omp_get_max_threads());
