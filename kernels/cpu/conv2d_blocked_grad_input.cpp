@@ -20,6 +20,7 @@
 // place (transposed and flipped through its weight-layout arguments; it repacks them anyway)
 // and writes its result straight into every sh-th row and sw-th column of grad_input. A residue no tap has (stride > kernel,
 // or a dilation sharing a factor with the stride) gets zeros.
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -72,7 +73,12 @@ bool conv2d_grad_input_blocked_f32(const float* grad_output, const float* weight
   bool all_covered = true;
   for (const PhaseAxis& a : rows) all_covered &= a.count == 0 || !a.taps.empty();
   for (const PhaseAxis& a : cols) all_covered &= a.count == 0 || !a.taps.empty();
-  if (!all_covered) std::memset(grad_input, 0, sizeof(float) * s.N * s.C_in * s.H * s.W);
+  if (!all_covered) {  // in parts over the team: a serial memset was 12% of a 1x1/2 layer
+    const int64_t n = s.N * s.C_in * s.H * s.W, part = 1 << 16;
+#pragma omp parallel for schedule(static) if (n > 2 * part)
+    for (int64_t i = 0; i < n; i += part)
+      std::memset(grad_input + i, 0, sizeof(float) * std::min(part, n - i));
+  }
 
   std::vector<int64_t> tap_at;  // the sub-convolution's tap t -> the layer's weight offset
   for (const PhaseAxis& ph : rows)
