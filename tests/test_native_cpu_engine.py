@@ -318,3 +318,22 @@ def test_weights_changed_in_place(isa):
         for wi in ws:
             got = cnnops.conv2d(x, wi, None, backend="native")
             assert_close(got.double(), _want(x, wi, None, {}), *_tol(x, wi), "many layers")
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+def test_weight_cache_follows_in_place_updates(threads):
+    # The repacked weights are cached per thread while their bytes are unchanged; weights
+    # written every call (an optimizer step) are repacked without the compare for 15 calls,
+    # then checked again. Every call must see the weights it was given: updated in place,
+    # constant again, and set back to values of an earlier call while unchecked.
+    x, w, b = _make((2, 16, 7, 6), 32, (3, 3))
+    values = [w.clone(), w + 0.5]
+    for step in range(80):
+        if step < 40:
+            # alternating values: a checked call after 15 unchecked ones (16 apart, even) meets
+            # the values of the previous checked call while the packed copy holds the others
+            w.copy_(values[step % 2])
+        elif step < 50:
+            w.add_(0.01 * torch.randn(w.shape, generator=torch.Generator().manual_seed(step)))
+        got = cnnops.conv2d(x, w, b, padding=1, backend="native")
+        assert_close(got.double(), _want(x, w, b, dict(padding=1)), *_tol(x, w), f"step {step}")

@@ -126,6 +126,15 @@ float* unit_out_buffer(int64_t floats) {
 void write_unit(const BlockedConv& c, int64_t n, int ocb, int J, int64_t qbase, int64_t span,
                 const float* buf);
 
+void tile_taps(const BlockedConv& c, int64_t q0, int P, int64_t* kh0, int64_t* kh1, int64_t* kw0,
+               int64_t* kw1);
+
+int64_t* unit_taps_buffer(int64_t n) {
+  static thread_local std::vector<int64_t> buf;
+  if (buf.size() < static_cast<size_t>(n)) buf.resize(n);
+  return buf.data();
+}
+
 float* partial_buffer() {
   static thread_local std::vector<float> buf;
   if (buf.empty()) buf.resize(kPartialBytes / sizeof(float) + 16);
@@ -140,12 +149,17 @@ CNNOPS_INLINE void unit(const BlockedConv& c, int64_t n, const TileItem& t) {
   // tiles of a unit are in pixel order), which write_unit transposes into the output
   const int64_t qbase = t.q0[0], span = t.q0[t.tiles - 1] + P - qbase;
   float* out_buf = c.vec_out ? unit_out_buffer(J * span * VW) : nullptr;
+  // each tile's taps (tile_taps), once for all the chunks
+  int64_t* taps = c.tap_rows ? unit_taps_buffer(4 * t.tiles) : nullptr;
+  for (int i = 0; taps && i < t.tiles; ++i)
+    tile_taps(c, t.q0[i], P, taps + 4 * i, taps + 4 * i + 1, taps + 4 * i + 2, taps + 4 * i + 3);
   for (int64_t k0 = 0; k0 < c.K; k0 += kc) {
     const int64_t k1 = std::min(c.K, k0 + kc);
     for (int i = 0; i < t.tiles; ++i) {
       tile<VW, J, P, XS>(c, n, t.ocb, t.q0[i], k0, k1, k0 == 0, k1 == c.K,
                          partial ? partial + i * (J * P * VW) : nullptr,
-                         out_buf ? out_buf + (t.q0[i] - qbase) * VW : nullptr, span * VW);
+                         out_buf ? out_buf + (t.q0[i] - qbase) * VW : nullptr, span * VW,
+                         taps ? taps + 4 * i : nullptr);
     }
   }
   if (out_buf) write_unit(c, n, t.ocb, J, qbase, span, out_buf);
@@ -210,7 +224,7 @@ __attribute__((noinline)) void tile_taps(const BlockedConv& c, int64_t q0, int P
 template <int VW, int J, int P, int XS>
 CNNOPS_INLINE void tile(const BlockedConv& c, int64_t n, int ocb, int64_t q0, int64_t k0,
                         int64_t k1, bool first, bool last, float* __restrict__ partial,
-                        float* __restrict__ out_buf, int64_t out_block) {
+                        float* __restrict__ out_buf, int64_t out_block, const int64_t* taps) {
   using V = typename FloatVec<VW>::type;
   const float* __restrict__ x = c.x + n * c.x_image + q0 * XS;
   const float* __restrict__ w = c.w + int64_t(ocb) * c.K * VW;
@@ -250,8 +264,7 @@ CNNOPS_INLINE void tile(const BlockedConv& c, int64_t n, int ocb, int64_t q0, in
   } else {
     // only the taps that reach the input for some pixel of the tile: per channel block and
     // kernel row one run of steps (the kernel columns of a row are consecutive steps)
-    int64_t kh0, kh1, kw0, kw1;
-    tile_taps(c, q0, P, &kh0, &kh1, &kw0, &kw1);
+    const int64_t kh0 = taps[0], kh1 = taps[1], kw0 = taps[2], kw1 = taps[3];
     const int64_t block = c.taps * c.cw;
     for (int64_t b = k0 / block; b * block < k1; ++b) {
       const int64_t base = b * block, lanes = std::min(c.cw, c.C_in - b * c.cw);
@@ -745,6 +758,12 @@ struct WeightEntry {
   bool tap_major;  // the order of the reduction steps (thin batch-inner)
   int lanes;  // output channels per packed block: VW, or the thin tile's OC
   std::vector<float> raw, packed;
+  // Weights that changed on two calls in a row (training: the optimizer writes them every
+  // step) skip the compare and the copy of `raw` (a read and a write of the whole tensor) on
+  // the next 15 calls, repacking each time; every 16th call checks again, so a model put to
+  // inference finds its weights cached again within 17 calls.
+  int changed = 0, unchecked = 0;
+  bool raw_valid = false;  // packed was packed from raw (false after an unchecked repack)
 };
 // Entries per thread (a model's conv layers; the oldest goes first). Bounded by count, not by
 // bytes: an entry is twice its layer's weights.
@@ -1176,7 +1195,13 @@ void conv2d_blocked_forward(const BlockedForward& f) {
         c.tap_major == thin_bi && c.lanes == lanes)
       e = &c;
   const int64_t numel = s.C_out * K;
-  const bool hit = f.cache_weights && e && parallel_equal(e->raw.data(), weight, numel, parallel);
+  bool hit = false, check = f.cache_weights;
+  if (f.cache_weights && e) {
+    if (e->unchecked > 0) --e->unchecked, check = false;
+    else hit = e->raw_valid && parallel_equal(e->raw.data(), weight, numel, parallel);
+    if (check && !hit && ++e->changed >= 2) e->unchecked = 15;
+    if (hit) e->changed = 0;
+  }
   if (!f.cache_weights) {
     e = &ws.scratch;  // uncached calls (grad_input's per-call weights) pack here
   } else if (!e) {
@@ -1186,7 +1211,8 @@ void conv2d_blocked_forward(const BlockedForward& f) {
     e = &ws.weights.back();
   }
   if (!hit) {
-    if (f.cache_weights) {
+    if (f.cache_weights) e->raw_valid = check;
+    if (check) {
       e->raw.resize(numel);
       float* raw = e->raw.data();
       const int64_t part = 1 << 16;
