@@ -64,6 +64,8 @@ CASES = {
     # the even / odd permute), a partial channel block beside them
     "copy_transposed": ((2, 32, 5, 40), 16, (3, 3), dict(padding=1)),
     "copy_transposed_stride2": ((2, 40, 7, 45), 32, (3, 3), dict(stride=2, padding=1)),
+    # a reduction longer than one weight chunk (partial sums between chunks)
+    "long_reduction": ((2, 96, 6, 7), 32, (5, 5), dict(padding=2)),
 }
 
 

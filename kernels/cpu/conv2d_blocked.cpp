@@ -110,10 +110,20 @@ struct TileItem {
   const int64_t* q0;  // first pixel of each tile
 };
 
-// The reduction runs in chunks of kc steps, the chunk's weights (J * kc * VW floats, ~24 KiB)
-// staying in L1 for all the tiles of a unit; the tiles' partial sums wait in a per-thread
-// buffer (up to 64 KiB, in L2) between chunks.
-constexpr int64_t kChunkWeightBytes = 24 << 10;
+// The reduction runs in chunks of kc steps, the chunk's weights (J * kc * VW floats, see
+// chunk_weight_bytes) staying in cache for all the tiles of a unit; the tiles' partial sums
+// wait in a per-thread buffer (up to 64 KiB, in L2) between chunks.
+// 96 KiB (in L2): on Zen 4 (32 KiB L1) chunks of 24 KiB, meant to stay in L1, ran 1-3.5%
+// slower than 96 KiB or no chunking at all (fewer partial-sum round trips; the weights stream
+// from L2 at ~11 B a cycle). CNNOPS_CPU_CHUNK_KB, read once, overrides it (to tune another CPU).
+int64_t chunk_weight_bytes() {
+  static const int64_t bytes = [] {
+    const char* env = std::getenv("CNNOPS_CPU_CHUNK_KB");
+    const int64_t kb = env ? std::atoll(env) : 0;
+    return (kb > 0 ? kb : 96) << 10;
+  }();
+  return bytes;
+}
 constexpr int64_t kPartialBytes = 64 << 10;
 
 // The per-thread buffer of a unit's results (vec_out), grown when a unit needs more.
@@ -143,7 +153,7 @@ float* partial_buffer() {
 
 template <int VW, int J, int P, int XS>
 CNNOPS_INLINE void unit(const BlockedConv& c, int64_t n, const TileItem& t) {
-  const int64_t kc = std::max<int64_t>(1, kChunkWeightBytes / (J * VW * int64_t(sizeof(float))));
+  const int64_t kc = std::max<int64_t>(1, chunk_weight_bytes() / (J * VW * int64_t(sizeof(float))));
   float* partial = c.K > kc ? partial_buffer() : nullptr;
   // vec_out: the tiles' sums land in a buffer [J][span][VW] over the unit's pixel range (the
   // tiles of a unit are in pixel order), which write_unit transposes into the output
