@@ -269,19 +269,24 @@ CNNOPS_INLINE void tile(const BlockedConv& c, int64_t n, int ocb, int64_t q0, in
       }
     }
   };
-  if (!c.tap_rows) {
-    steps(k0, k1);
+  if (!c.tap_rows || (taps[0] == 0 && taps[1] * c.KW == c.taps && taps[2] == 0 &&
+                      taps[3] == c.KW)) {
+    steps(k0, k1);  // every tap
   } else {
     // only the taps that reach the input for some pixel of the tile: per channel block and
-    // kernel row one run of steps (the kernel columns of a row are consecutive steps)
+    // kernel row one run of steps (the kernel columns of a row are consecutive steps; all the
+    // kernel rows' in one run when every column is kept)
     const int64_t kh0 = taps[0], kh1 = taps[1], kw0 = taps[2], kw1 = taps[3];
+    const bool whole_rows = kw0 == 0 && kw1 == c.KW;
     const int64_t block = c.taps * c.cw;
     for (int64_t b = k0 / block; b * block < k1; ++b) {
       const int64_t base = b * block, lanes = std::min(c.cw, c.C_in - b * c.cw);
       for (int64_t kh = kh0; kh < kh1; ++kh) {
         const int64_t ka = std::max(k0, base + (kh * c.KW + kw0) * lanes);
-        const int64_t kb = std::min(k1, base + (kh * c.KW + kw1) * lanes);
+        const int64_t kb =
+            std::min(k1, base + ((whole_rows ? kh1 - 1 : kh) * c.KW + kw1) * lanes);
         if (ka < kb) steps(ka, kb);
+        if (whole_rows) break;
       }
     }
   }
