@@ -1202,7 +1202,7 @@ void conv2d_blocked_forward(const BlockedForward& f) {
   // Cached per thread, keyed by everything the packing depends on, and reused only while the
   // weights are bytewise what they were (memcmp, exact: an optimizer updates weights in place
   // at the same address, so the address alone is no key). memcmp reads the weights once,
-  // sequentially; the repack is a scalar gather (~10x slower: 20-30% of a small layer).
+  // sequentially, in parts over the team.
   WeightEntry* e = nullptr;
   for (WeightEntry& c : ws.weights)
     if (c.ptr == weight && c.C_out == s.C_out && c.C_in == s.C_in && c.KH == s.KH &&
