@@ -340,84 +340,15 @@ void run_baseline(const BlockedConv& c, int64_t n, const TileItem& t) {
 
 
 
-#if CNNOPS_CPU_X86
-// In-register transpose of 16 x 16 floats: r[i] lane l becomes r[l] lane i.
-CNNOPS_TARGET_AVX512 inline void transpose16(__m512 r[16]) {
-  // the zero-masking forms with an all-ones mask: GCC 12's plain ones pass an undefined
-  // source and warn (-Wmaybe-uninitialized); same instructions
-  const __mmask16 kAll = 0xFFFF;
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_maskz_unpacklo_ps(kAll, r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_maskz_unpackhi_ps(kAll, r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i] = _mm512_maskz_shuffle_ps(kAll, t[4 * i], t[4 * i + 2], 0x44);
-    r[4 * i + 1] = _mm512_maskz_shuffle_ps(kAll, t[4 * i], t[4 * i + 2], 0xEE);
-    r[4 * i + 2] = _mm512_maskz_shuffle_ps(kAll, t[4 * i + 1], t[4 * i + 3], 0x44);
-    r[4 * i + 3] = _mm512_maskz_shuffle_ps(kAll, t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  for (int i = 0; i < 4; ++i) {
-    t[i] = _mm512_maskz_shuffle_f32x4(kAll, r[i], r[i + 4], 0x88);
-    t[i + 4] = _mm512_maskz_shuffle_f32x4(kAll, r[i], r[i + 4], 0xDD);
-    t[i + 8] = _mm512_maskz_shuffle_f32x4(kAll, r[i + 8], r[i + 12], 0x88);
-    t[i + 12] = _mm512_maskz_shuffle_f32x4(kAll, r[i + 8], r[i + 12], 0xDD);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm512_maskz_shuffle_f32x4(kAll, t[i], t[i + 8], 0x88);
-    r[i + 4] = _mm512_maskz_shuffle_f32x4(kAll, t[i + 4], t[i + 12], 0x88);
-    r[i + 8] = _mm512_maskz_shuffle_f32x4(kAll, t[i], t[i + 8], 0xDD);
-    r[i + 12] = _mm512_maskz_shuffle_f32x4(kAll, t[i + 4], t[i + 12], 0xDD);
-  }
-}
-
-// The input copies' inner loop: row[j ds + l] = src[l][j sw] for j in [lo, hi), l < 16, by 16
-// x 16 transposes of 16 source rows (stride 1, or 2 through an even/odd permute; masked loads
-// for the last pixels of a row), other strides value by value.
-CNNOPS_TARGET_AVX512 void gather16_avx512(const float* const* src, int64_t lo, int64_t hi,
-                                          int64_t sw, float* row, int64_t ds) {
-  int64_t j = lo;
-  if (sw == 1 || sw == 2) {
-    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    for (; j < hi; j += 16) {
-      // cnt pixels; their values are src[l][j sw + i sw], i < cnt: masked loads read nothing
-      // past the last one
-      const int cnt = static_cast<int>(std::min<int64_t>(16, hi - j));
-      const int64_t span = (cnt - 1) * sw + 1;  // source values from src[l][j sw]
-      const __mmask16 m0 = static_cast<__mmask16>(span >= 16 ? 0xFFFF : (1u << span) - 1);
-      const __mmask16 m1 = static_cast<__mmask16>(span <= 16 ? 0 : (1u << (span - 16)) - 1);
-      __m512 r[16];
-      for (int l = 0; l < 16; ++l) {
-        const float* p = src[l] + j * sw;
-        if (sw == 1) {
-          r[l] = _mm512_maskz_loadu_ps(m0, p);
-        } else {
-          const __m512 a = _mm512_maskz_loadu_ps(m0, p), b = _mm512_maskz_loadu_ps(m1, p + 16);
-          r[l] = _mm512_permutex2var_ps(a, even, b);
-        }
-      }
-      transpose16(r);
-      for (int i = 0; i < cnt; ++i) _mm512_storeu_ps(row + (j + i) * ds, r[i]);
-    }
-  }
-  for (; j < hi; ++j)
-#pragma GCC unroll 16
-    for (int l = 0; l < 16; ++l) row[j * ds + l] = src[l][j * sw];
-}
-
-#endif
-
-// row[j ds + l] = src[l][j sw] for j in [lo, hi), l < lanes (the last channel block may hold
-// fewer than 16)
+// The input copies' inner loop: row[j ds + l] = src[l][j sw] for j in [lo, hi), l < lanes
+// (the last channel block may hold fewer than 16): whole blocks by grad_weight's transposing
+// gather (gather_rows16), a short block value by value.
 void gather_channels(const float* const* src, int lanes, int64_t lo, int64_t hi, int64_t sw,
                      float* row, int64_t ds, CpuIsa isa) {
-#if CNNOPS_CPU_X86
-  if (lanes == 16 && isa == CpuIsa::kAvx512) return gather16_avx512(src, lo, hi, sw, row, ds);
-#endif
   if (lanes == 16) {
-    for (int64_t j = lo; j < hi; ++j)
-#pragma GCC unroll 16
-      for (int l = 0; l < 16; ++l) row[j * ds + l] = src[l][j * sw];
+    const float* p[16];
+    for (int l = 0; l < 16; ++l) p[l] = src[l] + lo * sw;
+    gather_rows16(p, sw, hi - lo, row + lo * ds, ds, isa);
     return;
   }
   for (int64_t j = lo; j < hi; ++j)
@@ -489,32 +420,19 @@ CNNOPS_TARGET_AVX2 void write_unit_avx2(const BlockedConv& c, int64_t n, int ocb
       const int64_t valid_end = std::min(row_end, q - ow + c.OW);
       for (; q < valid_end; q += 8) {
         const int cnt = static_cast<int>(std::min<int64_t>(8, valid_end - q));
-        __m256 r[8], t[8];
+        __m256 r[8];
         for (int i = 0; i < 8; ++i) {
           __m256 v = i < cnt ? _mm256_load_ps(src + (q - qbase + i) * 8) : zero;
           v = _mm256_add_ps(v, bias);
           if (c.relu) v = _mm256_blendv_ps(v, zero, _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
           r[i] = v;
         }
-        for (int i = 0; i < 4; ++i) {
-          t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-          t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-        }
-        for (int i = 0; i < 2; ++i) {
-          r[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-          r[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-          r[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-          r[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-        }
-        for (int i = 0; i < 4; ++i) {
-          t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
-          t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
-        }
+        transpose8(r);
         alignas(32) int32_t mask_lanes[8];
         for (int i = 0; i < 8; ++i) mask_lanes[i] = i < cnt ? -1 : 0;
         const __m256i m = _mm256_load_si256(reinterpret_cast<const __m256i*>(mask_lanes));
         float* dst = out_n + oc0 * c.out_plane + oh * c.out_row + (q - (oh * c.Wq));
-        for (int l = 0; l < lanes; ++l) _mm256_maskstore_ps(dst + l * c.out_plane, m, t[l]);
+        for (int l = 0; l < lanes; ++l) _mm256_maskstore_ps(dst + l * c.out_plane, m, r[l]);
       }
       q = row_end;
     }
@@ -1025,6 +943,33 @@ void conv2d_blocked_forward(const BlockedForward& f) {
   const bool parallel = work > kParallelWork;
 
   // ---- input: phase-split, zero-padded copy (or the input itself)
+  // The phase rows of one group of up to 16 source planes (lane l at src + l lane_stride):
+  // row_at(phase, i)[j ds + l] = source row i sh + a - pad_h, column j sw + b - pad_w, for
+  // the columns inside the input; `zero_edges` zeroes the rest of each row of Wq pixels (ds =
+  // 16) and the rows outside the input, else those are left as they are.
+  auto copy_phase_rows = [&](const float* src, int64_t lane_stride, int lanes, int64_t ds,
+                             bool zero_edges, auto&& row_at) {
+    const float* srow[16];
+    for (int64_t a = 0; a < sh; ++a)
+      for (int64_t b = 0; b < sw; ++b) {
+        const int64_t ph = phase_id[a * sw + b];
+        if (ph < 0) continue;
+        for (int64_t i = 0; i < Hq; ++i) {
+          float* row = row_at(ph, i);
+          const int64_t r = i * sh + a - s.pad_h;
+          int64_t lo = 0, hi = 0;
+          if (r >= 0 && r < s.H) valid_outputs(s.W, Wq, sw, s.pad_w, b, &lo, &hi);
+          if (zero_edges) {
+            std::fill(row, row + lo * ds, 0.0f);
+            std::fill(row + hi * ds, row + Wq * ds, 0.0f);
+          }
+          if (hi <= lo) continue;
+          // the group's source rows read side by side, the destination written in order
+          for (int l = 0; l < lanes; ++l) srow[l] = src + l * lane_stride + r * s.W + b - s.pad_w;
+          gather_channels(srow, lanes, lo, hi, sw, row, ds, isa);
+        }
+      }
+  };
   const float* x = input;
   int64_t x_image = s.C_in * s.H * s.W;
   if (thin_bi) {
@@ -1042,20 +987,10 @@ void conv2d_blocked_forward(const BlockedForward& f) {
     for (int64_t cb = 0; cb < s.C_in * nblocks; ++cb) {
       const int64_t ic = cb / nblocks, n0 = (cb % nblocks) * 16;
       const int lanes = static_cast<int>(std::min<int64_t>(16, s.N - n0));
-      for (int64_t a = 0; a < sh; ++a)
-        for (int64_t b = 0; b < sw; ++b)
-          for (int64_t i = 0; i < Hq; ++i) {
-            if (phase_id[a * sw + b] < 0) continue;
-            const int64_t r = i * sh + a - s.pad_h;
-            if (r < 0 || r >= s.H) continue;
-            int64_t lo = 0, hi = 0;
-            valid_outputs(s.W, Wq, sw, s.pad_w, b, &lo, &hi);
-            float* row = xr + ((ic * chan_p + phase_id[a * sw + b] * phase_plane + i * Wq) * s.N + n0);
-            const float* srow[16];
-            for (int l = 0; l < lanes; ++l)
-              srow[l] = input + (((n0 + l) * s.C_in + ic) * s.H + r) * s.W + b - s.pad_w;
-            gather_channels(srow, lanes, lo, hi, sw, row, s.N, isa);
-          }
+      copy_phase_rows(input + (n0 * s.C_in + ic) * s.H * s.W, s.C_in * s.H * s.W, lanes, s.N,
+                      false, [&](int64_t ph, int64_t i) {
+                        return xr + (ic * chan_p + ph * phase_plane + i * Wq) * s.N + n0;
+                      });
     }
     x = xr;
   } else if (batch_inner) {
@@ -1070,21 +1005,10 @@ void conv2d_blocked_forward(const BlockedForward& f) {
     for (int64_t bn = 0; bn < cblocks * s.N; ++bn) {
       const int64_t icb = bn / s.N, n = bn % s.N;
       const int lanes = static_cast<int>(std::min<int64_t>(16, s.C_in - icb * 16));
-      for (int64_t a = 0; a < sh; ++a)
-        for (int64_t b = 0; b < sw; ++b)
-          for (int64_t i = 0; i < Hq; ++i) {
-            if (phase_id[a * sw + b] < 0) continue;
-            const int64_t r = i * sh + a - s.pad_h;
-            if (r < 0 || r >= s.H) continue;
-            int64_t lo = 0, hi = 0;
-            valid_outputs(s.W, Wq, sw, s.pad_w, b, &lo, &hi);
-            float* row = xr + icb * chan_b * s.N +
-                         ((phase_id[a * sw + b] * phase_plane + i * Wq) * s.N + n) * 16;
-            const float* srow[16];
-            for (int l = 0; l < lanes; ++l)
-              srow[l] = input + ((n * s.C_in + icb * 16 + l) * s.H + r) * s.W + b - s.pad_w;
-            gather_channels(srow, lanes, lo, hi, sw, row, s.N * 16, isa);
-          }
+      copy_phase_rows(input + (n * s.C_in + icb * 16) * s.H * s.W, s.H * s.W, lanes, s.N * 16,
+                      false, [&](int64_t ph, int64_t i) {
+                        return xr + icb * chan_b * s.N + ((ph * phase_plane + i * Wq) * s.N + n) * 16;
+                      });
     }
     x = xr;
   } else if (!direct && blocked_in) {
@@ -1099,23 +1023,8 @@ void conv2d_blocked_forward(const BlockedForward& f) {
       float* dst = xr + nb * chan_b;
       const int lanes = static_cast<int>(std::min<int64_t>(16, s.C_in - icb * 16));
       if (lanes < 16) std::fill(dst, dst + chan_b, 0.0f);  // lanes never read, kept finite
-      for (int64_t a = 0; a < sh; ++a)
-        for (int64_t b = 0; b < sw; ++b)
-          for (int64_t i = 0; i < Hq; ++i) {
-            if (phase_id[a * sw + b] < 0) continue;
-            float* row = dst + (phase_id[a * sw + b] * phase_plane + i * Wq) * 16;
-            const int64_t r = i * sh + a - s.pad_h;
-            int64_t lo = 0, hi = 0;
-            if (r >= 0 && r < s.H) valid_outputs(s.W, Wq, sw, s.pad_w, b, &lo, &hi);
-            std::fill(row, row + lo * 16, 0.0f);
-            std::fill(row + hi * 16, row + Wq * 16, 0.0f);
-            if (hi <= lo) continue;
-            // 16 source rows read side by side, the destination written in order
-            const float* srow[16];
-            for (int l = 0; l < lanes; ++l)
-              srow[l] = input + ((n * s.C_in + icb * 16 + l) * s.H + r) * s.W + b - s.pad_w;
-            gather_channels(srow, lanes, lo, hi, sw, row, 16, isa);
-          }
+      copy_phase_rows(input + (n * s.C_in + icb * 16) * s.H * s.W, s.H * s.W, lanes, 16, true,
+                      [&](int64_t ph, int64_t i) { return dst + (ph * phase_plane + i * Wq) * 16; });
     }
     x = xr;
   } else if (!direct) {

@@ -64,4 +64,11 @@ bool conv2d_grad_input_blocked_f32(const float* grad_output, const float* weight
 bool conv2d_grad_weight_blocked_f32(const float* grad_output, const float* input,
                                     float* grad_weight, const Conv2dShape& s);
 
+// dst[j dst_stride + l] = src[l][j sw] for j in [0, count), l < 16: 16 rows gathered into
+// 16-float pixels (the blocked kernels' channel-blocked copies) by in-register transposes
+// (AVX-512: sw 1 or 2; AVX2: sw 1), else value by value
+// (kernels/cpu/conv2d_blocked_grad_weight.cpp).
+void gather_rows16(const float* const* src, int64_t sw, int64_t count, float* dst,
+                   int64_t dst_stride, CpuIsa isa);
+
 }  // namespace cnnops

@@ -172,28 +172,11 @@ __attribute__((noinline)) void gw_run_baseline(const GwCall& c, int J, int64_t i
 // 16 x 16 transposes for the repacks (a scalar 16-stream gather runs at ~1 ns a float):
 // dst[i * dst_stride + l] = src[l][i * SW], i, l < 16. SW = 2 takes the even floats of 32.
 #ifdef CNNOPS_CPU_X86
-// The masked forms with an all-ones mask: the plain ones pass _mm512_undefined_ps(), which
-// GCC 12 reports as used uninitialized.
-CNNOPS_TARGET_AVX512 CNNOPS_INLINE __m512 gw_unpacklo(__m512 a, __m512 b) {
-  return _mm512_mask_unpacklo_ps(a, 0xFFFF, a, b);
-}
-CNNOPS_TARGET_AVX512 CNNOPS_INLINE __m512 gw_unpackhi(__m512 a, __m512 b) {
-  return _mm512_mask_unpackhi_ps(a, 0xFFFF, a, b);
-}
-template <int IMM>
-CNNOPS_TARGET_AVX512 CNNOPS_INLINE __m512 gw_shuffle(__m512 a, __m512 b) {
-  return _mm512_mask_shuffle_ps(a, 0xFFFF, a, b, IMM);
-}
-template <int IMM>
-CNNOPS_TARGET_AVX512 CNNOPS_INLINE __m512 gw_shuffle128(__m512 a, __m512 b) {
-  return _mm512_mask_shuffle_f32x4(a, 0xFFFF, a, b, IMM);
-}
-
 // The first n (1..16) columns: masked loads (no fault past the row), n stores.
 template <int SW>
 CNNOPS_TARGET_AVX512 void gw_transpose16(const float* const* src, float* dst, int64_t dst_stride,
                                      int n = 16) {
-  __m512 r[16], t[16];
+  __m512 r[16];
   const __m512i even =
       _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   // floats read per row: n (SW = 1) or 2 n - 1 (SW = 2), in one or two 16-float loads
@@ -210,30 +193,7 @@ CNNOPS_TARGET_AVX512 void gw_transpose16(const float* const* src, float* dst, in
                                     _mm512_maskz_loadu_ps(m1, src[l] + 16));
     }
   }
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = gw_unpacklo(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = gw_unpackhi(r[2 * i], r[2 * i + 1]);
-  }
-#pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i + 0] = gw_shuffle<0x44>(t[4 * i + 0], t[4 * i + 2]);
-    r[4 * i + 1] = gw_shuffle<0xEE>(t[4 * i + 0], t[4 * i + 2]);
-    r[4 * i + 2] = gw_shuffle<0x44>(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = gw_shuffle<0xEE>(t[4 * i + 1], t[4 * i + 3]);
-  }
-#pragma GCC unroll 2
-  for (int h = 0; h < 2; ++h)
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; ++i) {
-      t[8 * h + i] = gw_shuffle128<0x88>(r[8 * h + i], r[8 * h + 4 + i]);
-      t[8 * h + 4 + i] = gw_shuffle128<0xDD>(r[8 * h + i], r[8 * h + 4 + i]);
-    }
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i) {
-    r[i] = gw_shuffle128<0x88>(t[i], t[8 + i]);
-    r[8 + i] = gw_shuffle128<0xDD>(t[i], t[8 + i]);
-  }
+  transpose16(r);
   if (n == 16) {
 #pragma GCC unroll 16
     for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * dst_stride, r[i]);
@@ -246,29 +206,13 @@ CNNOPS_TARGET_AVX512 void gw_transpose16(const float* const* src, float* dst, in
 // 8 x 8 for the AVX2 variant: dst[i * dst_stride + l] = src[l][i], the first n (1..8) columns.
 CNNOPS_TARGET_AVX2 void gw_transpose8(const float* const* src, float* dst, int64_t dst_stride,
                                   int n) {
-  __m256 r[8], t[8];
+  __m256 r[8];
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);  // lanes < n
 #pragma GCC unroll 8
   for (int l = 0; l < 8; ++l) r[l] = _mm256_maskload_ps(src[l], mask);
-#pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-#pragma GCC unroll 2
-  for (int i = 0; i < 2; ++i) {
-    r[4 * i + 0] = _mm256_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
-    r[4 * i + 1] = _mm256_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
-    r[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    r[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-#pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i) {
-    t[i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x20);
-    t[4 + i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x31);
-  }
-  for (int i = 0; i < n; ++i) _mm256_storeu_ps(dst + i * dst_stride, t[i]);
+  transpose8(r);
+  for (int i = 0; i < n; ++i) _mm256_storeu_ps(dst + i * dst_stride, r[i]);
 }
 #endif
 
@@ -328,6 +272,12 @@ float* gw_align64(std::vector<float>& v, size_t n) {
 constexpr int64_t kGwChunkBytes = 24 << 10;
 
 }  // namespace
+
+void gather_rows16(const float* const* src, int64_t sw, int64_t count, float* dst,
+                   int64_t dst_stride, CpuIsa isa) {
+  gw_gather16(src, sw, count, dst, dst_stride,
+              isa == CpuIsa::kAvx512 ? 2 : isa == CpuIsa::kAvx2 ? 1 : 0);
+}
 
 bool conv2d_grad_weight_blocked_f32(const float* grad_output, const float* input,
                                     float* grad_weight, const Conv2dShape& s) {

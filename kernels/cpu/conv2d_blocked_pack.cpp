@@ -98,36 +98,12 @@ typedef void (*TileFn)(const float* src, int64_t stride, int nrows, uint32_t col
 CNNOPS_TARGET_AVX512 void tile_avx512(const float* src, int64_t stride, int nrows,
                                       uint32_t colmask, int n, const int8_t* col,
                                       const int64_t* row, float* dst, int R) {
-  // the zero-masking forms with an all-ones mask, as in conv2d_blocked.cpp (GCC 12 warns on
-  // the plain ones' undefined source); same instructions
-  const __mmask16 kAll = 0xFFFF;
   const __mmask16 sm = static_cast<__mmask16>((1u << R) - 1);
   const __mmask16 cm = static_cast<__mmask16>(colmask);
-  __m512 r[16], t[16];
+  __m512 r[16];
   for (int i = 0; i < 16; ++i)
     r[i] = i < nrows ? _mm512_maskz_loadu_ps(cm, src + i * stride) : _mm512_setzero_ps();
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_maskz_unpacklo_ps(kAll, r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_maskz_unpackhi_ps(kAll, r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i] = _mm512_maskz_shuffle_ps(kAll, t[4 * i], t[4 * i + 2], 0x44);
-    r[4 * i + 1] = _mm512_maskz_shuffle_ps(kAll, t[4 * i], t[4 * i + 2], 0xEE);
-    r[4 * i + 2] = _mm512_maskz_shuffle_ps(kAll, t[4 * i + 1], t[4 * i + 3], 0x44);
-    r[4 * i + 3] = _mm512_maskz_shuffle_ps(kAll, t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  for (int i = 0; i < 4; ++i) {
-    t[i] = _mm512_maskz_shuffle_f32x4(kAll, r[i], r[i + 4], 0x88);
-    t[i + 4] = _mm512_maskz_shuffle_f32x4(kAll, r[i], r[i + 4], 0xDD);
-    t[i + 8] = _mm512_maskz_shuffle_f32x4(kAll, r[i + 8], r[i + 12], 0x88);
-    t[i + 12] = _mm512_maskz_shuffle_f32x4(kAll, r[i + 8], r[i + 12], 0xDD);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm512_maskz_shuffle_f32x4(kAll, t[i], t[i + 8], 0x88);
-    r[i + 4] = _mm512_maskz_shuffle_f32x4(kAll, t[i + 4], t[i + 12], 0x88);
-    r[i + 8] = _mm512_maskz_shuffle_f32x4(kAll, t[i], t[i + 8], 0xDD);
-    r[i + 12] = _mm512_maskz_shuffle_f32x4(kAll, t[i + 4], t[i + 12], 0xDD);
-  }
+  transpose16(r);
   // r[j] is column j
   if (R == 16 && n == 16 && !col) {  // a whole tile of the forward driver: registers stay
 #pragma GCC unroll 16
@@ -147,35 +123,22 @@ CNNOPS_TARGET_AVX2 void tile_avx2(const float* src, int64_t stride, int nrows, u
   const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
   const __m256i cm = _mm256_cmpeq_epi32(
       _mm256_and_si256(_mm256_set1_epi32(static_cast<int>(colmask)), bit), bit);
-  __m256 r[8], t[8];
+  __m256 r[8];
   for (int i = 0; i < 8; ++i)
     r[i] = i < nrows ? _mm256_maskload_ps(src + i * stride, cm) : _mm256_setzero_ps();
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 2; ++i) {
-    r[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-    r[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-    r[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    r[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  for (int i = 0; i < 4; ++i) {
-    t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
-    t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
-  }
-  // t[j] is column j
+  transpose8(r);
+  // r[j] is column j
   if (R == 8 && n == 8 && !col) {
 #pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + row[i] * 8, t[i]);
+    for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + row[i] * 8, r[i]);
     return;
   }
   if (R == 8) {  // vmaskmovps stores are microcoded on AMD (Zen 4: 5-7x slower in total)
-    for (int i = 0; i < n; ++i) _mm256_storeu_ps(dst + row[i] * 8, t[col ? col[i] : i]);
+    for (int i = 0; i < n; ++i) _mm256_storeu_ps(dst + row[i] * 8, r[col ? col[i] : i]);
     return;
   }
   const __m256i sm = _mm256_cmpgt_epi32(_mm256_set1_epi32(R), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  for (int i = 0; i < n; ++i) _mm256_maskstore_ps(dst + row[i] * R, sm, t[col ? col[i] : i]);
+  for (int i = 0; i < n; ++i) _mm256_maskstore_ps(dst + row[i] * R, sm, r[col ? col[i] : i]);
 }
 #endif
 
