@@ -437,11 +437,11 @@ def fit(model, train_loader, test_loader, epochs, lr, device, input_size, show=T
             bar.close()
             if dist.is_initialized():
                 totals = torch.cat([totals, totals.new_tensor([examples])])
-                dist.all_reduce(totals)
+                _all_reduce(totals)
                 totals, examples = totals[:2], int(totals[2])
                 # the slowest process sets the pace of the whole job
                 seconds = torch.tensor([train_seconds], dtype=torch.float64, device=device)
-                dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+                _all_reduce(seconds, op=dist.ReduceOp.MAX)
                 train_seconds = seconds.item()
             loss_sum, correct = totals.tolist()
             test_acc = evaluate_accuracy(model, test_loader, device, input_size)
@@ -462,6 +462,28 @@ def fit(model, train_loader, test_loader, epochs, lr, device, input_size, show=T
     return history, None
 
 
+def _all_reduce(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> None:
+    """`dist.all_reduce` that returns only once the backend has let go of `tensor`.
+
+    Gloo runs a collective on a worker thread, which drops its references to the tensors a
+    moment after `wait()` has returned. Dropping the last C++ reference to a tensor that has a
+    Python object takes the GIL. torch keeps the process group and its worker threads alive
+    past `destroy_process_group` (DDP's reducer holds it), so when rank 1 finishes right after
+    its last all_reduce and the interpreter is already shutting down, a worker that was
+    descheduled in that moment aborts the process ("terminate called without an active
+    exception" from `ProcessGroupGloo::runLoop`; seen about once in 30 two-process runs on a
+    loaded 2-core machine). Waiting here until the tensor's C++ use count is back to what it
+    was before the collective closes that window; it costs microseconds on an idle worker.
+    """
+    before = tensor._use_count()
+    dist.all_reduce(tensor, op=op)
+    if dist.get_backend() != "gloo":
+        return
+    deadline = time.monotonic() + 30.0
+    while tensor._use_count() > before and time.monotonic() < deadline:
+        time.sleep(1e-4)
+
+
 def evaluate_accuracy(model, loader, device, input_size) -> float:
     """Accuracy over the loader (summed over all processes when distributed)."""
     module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -473,7 +495,7 @@ def evaluate_accuracy(model, loader, device, input_size) -> float:
             counts[0] += (module(X).argmax(dim=1) == y).sum()
             counts[1] += len(y)
     if dist.is_initialized():
-        dist.all_reduce(counts)
+        _all_reduce(counts)
     correct, total = counts.tolist()
     return correct / total
 
