@@ -66,6 +66,16 @@ CASES = {
     "copy_transposed_stride2": ((2, 40, 7, 45), 32, (3, 3), dict(stride=2, padding=1)),
     # a reduction longer than one weight chunk (partial sums between chunks)
     "long_reduction": ((2, 96, 6, 7), 32, (5, 5), dict(padding=2)),
+    # row tiles of a channel-blocked copy skip their edge pixels' padding columns (tile_taps'
+    # edge masks): half-row tiles (ResNet's 12-wide rows), whole-row tiles with both edges,
+    # padding 2 (two columns of the edge pixel on padding, one run of its own), stride 2 with
+    # dilation, a reduction split into chunks across the edge runs
+    "edges_half_rows": ((2, 32, 12, 12), 64, (3, 3), dict(padding=1)),
+    "edges_whole_rows": ((2, 16, 5, 12), 32, (3, 3), dict(padding=1)),
+    "edges_pad2_5x5": ((2, 17, 9, 14), 48, (5, 5), dict(padding=2)),
+    "edges_stride2_dil2": ((2, 20, 11, 25), 48, (3, 3), dict(stride=2, padding=2,
+                                                               dilation=2)),
+    "edges_long_reduction": ((1, 160, 8, 12), 16, (3, 3), dict(padding=1)),
 }
 
 
@@ -189,6 +199,21 @@ def test_every_tap_computed_matches(name, isa, monkeypatch):
         x, w, b = _make(input_shape, c_out, kernel)
         got = cnnops.conv2d(x, w, b, **kwargs, backend="native")
         assert_close(got.double(), _want(x, w, b, kwargs), *_tol(x, w), f"{key} {isa} no skip")
+
+
+@pytest.mark.parametrize("isa", _ISAS, indirect=True)
+@pytest.mark.parametrize("name", [n for n in CASES if n.startswith("edges_")])
+def test_edge_columns_computed_matches(name, isa, monkeypatch):
+    # CNNOPS_CPU_SKIP_EDGES=0: row tiles compute their edge pixels' padding columns; the same
+    # values either way (skipped products are zeros), both against torch
+    input_shape, c_out, kernel, kwargs = CASES[name]
+    x, w, b = _make(input_shape, c_out, kernel)
+    skipped = cnnops.conv2d(x, w, b, **kwargs, backend="native")
+    monkeypatch.setenv("CNNOPS_CPU_SKIP_EDGES", "0")
+    computed = cnnops.conv2d(x, w, b, **kwargs, backend="native")
+    want = _want(x, w, b, kwargs)
+    assert_close(skipped.double(), want, *_tol(x, w), f"{name} {isa} edges skipped")
+    assert_close(computed.double(), want, *_tol(x, w), f"{name} {isa} edges computed")
 
 
 @pytest.mark.parametrize("isa", _ISAS, indirect=True)

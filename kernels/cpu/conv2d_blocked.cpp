@@ -40,6 +40,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include <omp.h>
@@ -102,6 +103,7 @@ struct BlockedConv {
   int64_t KW, taps, C_in;  // the reduction's layout: step k of channel block b (cw channels
   int64_t cw;              // a block: 16 channel-blocked, 1 planar) and tap t is
                            // b taps cw + t lanes(b) + lane, lanes(b) = min(cw, C_in - b cw)
+  bool edges;  // row tiles also skip their first / last pixel's padding columns (tile_taps)
 };
 
 // One unit of work: J channel blocks starting at block `ocb`, `tiles` tiles of P pixels.
@@ -137,7 +139,7 @@ void write_unit(const BlockedConv& c, int64_t n, int ocb, int J, int64_t qbase, 
                 const float* buf);
 
 void tile_taps(const BlockedConv& c, int64_t q0, int P, int64_t* kh0, int64_t* kh1, int64_t* kw0,
-               int64_t* kw1);
+               int64_t* kw1, int64_t* edges = nullptr);
 
 int64_t* unit_taps_buffer(int64_t n) {
   static thread_local std::vector<int64_t> buf;
@@ -159,17 +161,20 @@ CNNOPS_INLINE void unit(const BlockedConv& c, int64_t n, const TileItem& t) {
   // tiles of a unit are in pixel order), which write_unit transposes into the output
   const int64_t qbase = t.q0[0], span = t.q0[t.tiles - 1] + P - qbase;
   float* out_buf = c.vec_out ? unit_out_buffer(J * span * VW) : nullptr;
-  // each tile's taps (tile_taps), once for all the chunks
-  int64_t* taps = c.tap_rows ? unit_taps_buffer(4 * t.tiles) : nullptr;
-  for (int i = 0; taps && i < t.tiles; ++i)
-    tile_taps(c, t.q0[i], P, taps + 4 * i, taps + 4 * i + 1, taps + 4 * i + 2, taps + 4 * i + 3);
+  // each tile's taps (tile_taps: kh0, kh1, kw0, kw1, edge masks), once for all the chunks
+  int64_t* taps = c.tap_rows ? unit_taps_buffer(6 * t.tiles) : nullptr;
+  for (int i = 0; taps && i < t.tiles; ++i) {
+    int64_t* ti = taps + 6 * i;
+    ti[4] = ti[5] = 0;
+    tile_taps(c, t.q0[i], P, ti, ti + 1, ti + 2, ti + 3, c.edges ? ti + 4 : nullptr);
+  }
   for (int64_t k0 = 0; k0 < c.K; k0 += kc) {
     const int64_t k1 = std::min(c.K, k0 + kc);
     for (int i = 0; i < t.tiles; ++i) {
       tile<VW, J, P, XS>(c, n, t.ocb, t.q0[i], k0, k1, k0 == 0, k1 == c.K,
                          partial ? partial + i * (J * P * VW) : nullptr,
                          out_buf ? out_buf + (t.q0[i] - qbase) * VW : nullptr, span * VW,
-                         taps ? taps + 4 * i : nullptr);
+                         taps ? taps + 6 * i : nullptr);
     }
   }
   if (out_buf) write_unit(c, n, t.ocb, J, qbase, span, out_buf);
@@ -213,12 +218,18 @@ __attribute__((noinline)) void store_tile(const BlockedConv& c, int64_t n, int o
 // reads padding is never wrong, the copy holds zeros there, only wasted). Per axis, the
 // ranges' ends never grow with the position (see valid_taps), so the union over positions
 // [a, b] lies within [lo(b), hi(a)). Pixels in the padding columns (dropped) do not count.
+// `edges` (tiles of one image row, P >= 2, KW <= 62): edges[0] bit kw set when the tile's first
+// pixel does not need kernel column kw, edges[1] the same for its last pixel; the tile skips
+// those pixels' FMAs of that column (the edge columns of a 3x3 pad-1 row: 1 pixel-tap in 3 P
+// at each end of the row). Zero when nothing is skipped that way.
 __attribute__((noinline)) void tile_taps(const BlockedConv& c, int64_t q0, int P, int64_t* kh0,
-                                         int64_t* kh1, int64_t* kw0, int64_t* kw1) {
+                                         int64_t* kh1, int64_t* kw0, int64_t* kw1,
+                                         int64_t* edges) {
   int64_t qa = q0, qb = q0 + P - 1;
   if (c.batch) qa /= c.batch, qb /= c.batch;
   qb = std::min(qb, c.total - 1);
   *kh0 = *kh1 = *kw0 = *kw1 = 0;
+  if (edges) edges[0] = edges[1] = 0;
   if (qa > qb) return;
   const int64_t oh_a = qa / c.Wq, oh_b = qb / c.Wq;
   int64_t ow_a = 0, ow_b = c.OW - 1;
@@ -226,7 +237,25 @@ __attribute__((noinline)) void tile_taps(const BlockedConv& c, int64_t q0, int P
   if (ow_a > ow_b) return;  // only padding columns
   *kh0 = c.tap_rows[2 * oh_b], *kh1 = c.tap_rows[2 * oh_a + 1];
   *kw0 = c.tap_cols[2 * ow_b], *kw1 = c.tap_cols[2 * ow_a + 1];
-  if (*kh0 >= *kh1 || *kw0 >= *kw1) *kh0 = *kh1 = *kw0 = *kw1 = 0;
+  if (*kh0 >= *kh1 || *kw0 >= *kw1) {
+    *kh0 = *kh1 = *kw0 = *kw1 = 0;
+    return;
+  }
+  // (channel-blocked copies only: with one channel a step, runs of one step cost more than
+  // the FMAs they save)
+  if (!edges || c.batch || c.cw < 16 || oh_a != oh_b || P < 2 || c.KW > 62 ||
+      q0 + P - 1 >= c.total)
+    return;
+  // the kernel columns in [kw0, kw1) that the first / last pixel does not need (a pixel in
+  // the dropped padding columns needs none)
+  const int64_t first = q0 - oh_a * c.Wq, last = first + P - 1;
+  for (int e = 0; e < 2; ++e) {
+    const int64_t ow = e == 0 ? first : last;
+    const int64_t lo = ow < c.OW ? c.tap_cols[2 * ow] : c.KW;
+    const int64_t hi = ow < c.OW ? c.tap_cols[2 * ow + 1] : c.KW;
+    for (int64_t kw = *kw0; kw < *kw1; ++kw)
+      if (kw < lo || kw >= hi) edges[e] |= int64_t(1) << kw;
+  }
 }
 
 // Reduction steps [k0, k1) of the tile; `first`: start from zero (else from `partial`),
@@ -254,24 +283,65 @@ CNNOPS_INLINE void tile(const BlockedConv& c, int64_t n, int ocb, int64_t q0, in
       if (first) acc[j][p] = V{};
       else std::memcpy(&acc[j][p], partial + (j * P + p) * VW, sizeof(V));
     }
-  // the reduction steps [ka, kb)
-  auto steps = [&](int64_t ka, int64_t kb) __attribute__((always_inline)) {
+  // the reduction steps [ka, kb) for the pixels [PL, PH) of the tile
+  auto steps = [&](int64_t ka, int64_t kb, auto pl, auto ph) __attribute__((always_inline)) {
+    constexpr int PL = decltype(pl)::value, PH = decltype(ph)::value;
     for (int64_t k = ka; k < kb; ++k) {
       const float* __restrict__ xk = x + off[k];
       V wv[J];
 #pragma GCC unroll 4
       for (int j = 0; j < J; ++j) std::memcpy(&wv[j], w + j * wstride + k * VW, sizeof(V));
 #pragma GCC unroll 28
-      for (int p = 0; p < P; ++p) {
+      for (int p = PL; p < PH; ++p) {
         const V xb = negzero + xk[p * XS];  // broadcast
 #pragma GCC unroll 4
         for (int j = 0; j < J; ++j) acc[j][p] += xb * wv[j];
       }
     }
   };
+  using All0 = std::integral_constant<int, 0>;
+  using AllP = std::integral_constant<int, P>;
   if (!c.tap_rows || (taps[0] == 0 && taps[1] * c.KW == c.taps && taps[2] == 0 &&
-                      taps[3] == c.KW)) {
-    steps(k0, k1);  // every tap
+                      taps[3] == c.KW && (taps[4] | taps[5]) == 0)) {
+    steps(k0, k1, All0{}, AllP{});  // every tap
+  } else if (P >= 2 && (taps[4] | taps[5]) != 0) {
+    // a row's edge tiles: per channel block and kernel row, the first and last kernel columns
+    // in runs of their own, without the first and / or last pixel where the column reaches
+    // only padding for it; the columns between in one run (a run costs ~20 cycles to start:
+    // one per column ate the FMAs saved)
+    const int64_t kh0 = taps[0], kh1 = taps[1], kw0 = taps[2], kw1 = taps[3];
+    const int64_t block = c.taps * c.cw;
+    using One = std::integral_constant<int, (P >= 2 ? 1 : 0)>;
+    using Pm1 = std::integral_constant<int, (P >= 2 ? P - 1 : P)>;
+    auto run = [&](int64_t ka, int64_t kb, int cut) __attribute__((always_inline)) {
+      ka = std::max(k0, ka), kb = std::min(k1, kb);
+      if (ka >= kb) return;
+      if (cut == 0) steps(ka, kb, All0{}, AllP{});
+      else if (cut == 1) steps(ka, kb, One{}, AllP{});
+      else if (cut == 2) steps(ka, kb, All0{}, Pm1{});
+      else steps(ka, kb, One{}, Pm1{});
+    };
+    auto cut_at = [&](int64_t kw) {
+      return int((taps[4] >> kw) & 1) | int((taps[5] >> kw) & 1) << 1;
+    };
+    for (int64_t b = k0 / block; b * block < k1; ++b) {
+      const int64_t base = b * block, lanes = std::min(c.cw, c.C_in - b * c.cw);
+      for (int64_t kh = kh0; kh < kh1; ++kh) {
+        const int64_t row = base + kh * c.KW * lanes;
+        int64_t kwa = kw0, kwb = kw1;
+        if (const int cut = cut_at(kwa); cut != 0) {
+          run(row + kwa * lanes, row + (kwa + 1) * lanes, cut);
+          ++kwa;
+        }
+        if (kwb > kwa) {
+          if (const int cut = cut_at(kwb - 1); cut != 0) {
+            run(row + (kwb - 1) * lanes, row + kwb * lanes, cut);
+            --kwb;
+          }
+        }
+        if (kwb > kwa) run(row + kwa * lanes, row + kwb * lanes, 0);
+      }
+    }
   } else {
     // only the taps that reach the input for some pixel of the tile: per channel block and
     // kernel row one run of steps (the kernel columns of a row are consecutive steps; all the
@@ -285,7 +355,7 @@ CNNOPS_INLINE void tile(const BlockedConv& c, int64_t n, int ocb, int64_t q0, in
         const int64_t ka = std::max(k0, base + (kh * c.KW + kw0) * lanes);
         const int64_t kb =
             std::min(k1, base + ((whole_rows ? kh1 - 1 : kh) * c.KW + kw1) * lanes);
-        if (ka < kb) steps(ka, kb);
+        if (ka < kb) steps(ka, kb, All0{}, AllP{});
         if (whole_rows) break;
       }
     }
@@ -677,6 +747,13 @@ bool parallel_equal(const float* a, const float* b, int64_t n, bool parallel) {
 
 bool vec_out_enabled() {
   const char* env = std::getenv("CNNOPS_CPU_VEC_OUT");
+  return !(env && env[0] == '0');
+}
+
+// CNNOPS_CPU_SKIP_EDGES=0: row tiles compute their edge pixels' padding columns (to measure
+// the skipping, BlockedConv::edges)
+bool edge_skip_enabled() {
+  const char* env = std::getenv("CNNOPS_CPU_SKIP_EDGES");
   return !(env && env[0] == '0');
 }
 
@@ -1246,7 +1323,7 @@ void conv2d_blocked_forward(const BlockedForward& f) {
                 !batch_inner && f.out_col == 1 && vec_out_enabled(),
                 static_cast<int>(isa),
                 skip ? ws.tap_rows.data() : nullptr, skip ? ws.tap_cols.data() : nullptr,
-                s.KW, taps, s.C_in, blocked_in ? 16 : 1};
+                s.KW, taps, s.C_in, blocked_in ? 16 : 1, edge_skip_enabled()};
   const int64_t items = static_cast<int64_t>(ws.items.size());
   const TileItem* item = ws.items.data();
   // Order of the work: image by image (the image's input copy stays in L2 for all its items)
