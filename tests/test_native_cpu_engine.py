@@ -76,6 +76,12 @@ CASES = {
     "edges_stride2_dil2": ((2, 20, 11, 25), 48, (3, 3), dict(stride=2, padding=2,
                                                                dilation=2)),
     "edges_long_reduction": ((1, 160, 8, 12), 16, (3, 3), dict(padding=1)),
+    # planar (C_in < 16) stride-1 unpadded: the input read as it is, tiles along rows only
+    # (direct_planar; a row at least one J = 1 tile wide: 10 on AVX-512, 12 on AVX2), rows
+    # that are not a multiple of the tile, dilation, the last image's last row
+    "direct_planar_dilated": ((2, 5, 13, 30), 40, (3, 3), dict(dilation=(2, 3))),
+    "direct_planar_rows12": ((1, 3, 8, 16), 16, (3, 5), {}),
+    "direct_planar_batch": ((5, 15, 9, 37), 70, (2, 4), {}),
 }
 
 
