@@ -467,18 +467,20 @@ def _all_reduce(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> None:
 
     Gloo runs a collective on a worker thread, which drops its references to the tensors a
     moment after `wait()` has returned. Dropping the last C++ reference to a tensor that has a
-    Python object takes the GIL. torch keeps the process group and its worker threads alive
-    past `destroy_process_group` (DDP's reducer holds it), so when rank 1 finishes right after
+    Python object takes the GIL. With DDP, torch keeps the process group and its worker threads
+    alive past `destroy_process_group` (its threads stay, counted in /proc), so when rank 1
+    finishes right after
     its last all_reduce and the interpreter is already shutting down, a worker that was
     descheduled in that moment aborts the process ("terminate called without an active
     exception" from `ProcessGroupGloo::runLoop`; seen about once in 30 two-process runs on a
     loaded 2-core machine). Waiting here until the tensor's C++ use count is back to what it
     was before the collective closes that window; it costs microseconds on an idle worker.
     """
+    if dist.get_backend() != "gloo" or not hasattr(tensor, "_use_count"):
+        dist.all_reduce(tensor, op=op)
+        return
     before = tensor._use_count()
     dist.all_reduce(tensor, op=op)
-    if dist.get_backend() != "gloo":
-        return
     deadline = time.monotonic() + 30.0
     while tensor._use_count() > before and time.monotonic() < deadline:
         time.sleep(1e-4)
