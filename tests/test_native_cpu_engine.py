@@ -123,6 +123,9 @@ GRAD_INPUT_CASES = {
     "batch_inner_groups": ((32, 112, 3, 3), 16, (3, 3), dict(padding=1)),
     "thin_c_in_pad": ((3, 6, 10, 10), 16, (5, 5), dict(padding=2)),
     "thin_batch_inner_lenet_conv2": ((72, 6, 10, 10), 16, (5, 5), {}),
+    # planar sub-convolutions (C_out 1) whose output phase is narrower than the input's
+    # reach (Wq != W): they must go through the copy, not read grad_output as it is
+    "planar_sub_narrow_phase": ((2, 32, 6, 38), 1, (1, 3), dict(stride=(3, 2), padding=(0, 1))),
 }
 
 

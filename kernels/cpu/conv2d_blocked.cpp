@@ -879,8 +879,8 @@ void conv2d_blocked_forward(const BlockedForward& f) {
   for (int i = 0; i < nshapes; ++i)
     if (shapes[i].J == 1) Pmin = std::min(Pmin, shapes[i].P);
   const bool direct_planar = !thin && s.C_in < 16 && sh == 1 && sw == 1 && s.pad_h == 0 &&
-                             s.pad_w == 0 && !one_by_one && s.OW >= Pmin &&
-                             (s.H * s.W) % 32 != 0;
+                             s.pad_w == 0 && !one_by_one && s.OW >= Pmin && Hq == s.H &&
+                             Wq == s.W && (s.H * s.W) % 32 != 0;
   const bool direct = direct_planar ||
                       (one_by_one && s.OH == s.H && s.OW == s.W && s.OH * s.OW >= Pmax &&
                        (s.C_out >= 16 || s.OH * s.OW >= 16) && (s.H * s.W) % 32 != 0);
