@@ -23,6 +23,7 @@
 
 #include "batch_norm.h"
 #include "cpu_common.h"
+#include "cpu_simd.h"
 
 namespace cnnops {
 namespace {
@@ -109,13 +110,7 @@ CNNOPS_SIMD_CLONES void row_grad_input(const T* __restrict__ dy, const T* __rest
 constexpr int64_t kShortRow = kChunk + 1;
 
 template <typename T>
-struct VecOf;
-template <>
-struct VecOf<float> { typedef float type __attribute__((vector_size(32))); };
-template <>
-struct VecOf<double> { typedef double type __attribute__((vector_size(32))); };
-template <typename T>
-using Vec = typename VecOf<T>::type;
+using Vec = Vec32<T>;  // cpu_simd.h
 
 // (vectors by reference and out-parameters: a vector return value would change the baseline
 // build's ABI, -Wpsabi)

@@ -20,6 +20,7 @@
 
 #include "conv2d_blocked.h"
 #include "cpu_common.h"
+#include "cpu_simd.h"
 #include "kernels.h"
 
 namespace cnnops {
@@ -27,15 +28,6 @@ namespace {
 
 constexpr int kOcBlock = 4;  // output channels a register block computes
 
-// 32 bytes of T as one GCC vector (an AVX2 register; two SSE registers on the baseline).
-template <typename T>
-struct Vec32Of;
-template <>
-struct Vec32Of<float> { typedef float type __attribute__((vector_size(32))); };
-template <>
-struct Vec32Of<double> { typedef double type __attribute__((vector_size(32))); };
-template <typename T>
-using Vec32 = typename Vec32Of<T>::type;
 
 // Integer vector of T's lane width, for shuffle masks.
 template <typename T>

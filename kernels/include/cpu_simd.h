@@ -29,6 +29,17 @@ struct FloatVec<8> { typedef float type __attribute__((vector_size(32))); };
 template <>
 struct FloatVec<4> { typedef float type __attribute__((vector_size(16))); };
 
+// 32 bytes of T as one GCC vector (an AVX2 register; two SSE registers on the baseline): the
+// row kernels of conv2d.cpp and batch_norm.cpp.
+template <typename T>
+struct Vec32Of;
+template <>
+struct Vec32Of<float> { typedef float type __attribute__((vector_size(32))); };
+template <>
+struct Vec32Of<double> { typedef double type __attribute__((vector_size(32))); };
+template <typename T>
+using Vec32 = typename Vec32Of<T>::type;
+
 // The first 64-byte aligned float at or after p (a zmm load that spans two cache lines costs
 // twice as much).
 inline float* align64(float* p) {

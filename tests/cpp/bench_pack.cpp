@@ -1,7 +1,7 @@
 // Micro benchmark: conv2d_blocked.cpp's scalar repack loop vs pack_blocked_weights, one thread,
 // thread CPU time, median of interleaved runs; memcpy of the same bytes as the bound.
 //   g++ -O3 -fopenmp -I kernels/include -I kernels/cpu kernels/cpu/conv2d_blocked_pack.cpp
-//       tests/cpp/bench_pack.cpp -I tests/cpp -o /tmp/bench_pack
+//       kernels/cpu/cpu_isa.cpp tests/cpp/bench_pack.cpp -I tests/cpp -o /tmp/bench_pack
 //   CNNOPS_CPU_ISA=avx512 /tmp/bench_pack   (or avx2, baseline)
 #include <omp.h>
 #include <time.h>
@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "conv2d_blocked.h"
 #include "conv2d_blocked_pack.h"
-#include "isa_stub.h"
 
 using namespace cnnops;
 

@@ -1,7 +1,7 @@
 // Bit-exact test of pack_blocked_weights against the scalar gather (an independent copy of
 // conv2d_blocked.cpp's loop, korder built as there), on random specs, under every ISA.
 //   g++ -O2 -fopenmp -I kernels/include -I kernels/cpu kernels/cpu/conv2d_blocked_pack.cpp
-//       tests/cpp/test_pack.cpp -I tests/cpp -o /tmp/test_pack && /tmp/test_pack
+//       kernels/cpu/cpu_isa.cpp tests/cpp/test_pack.cpp -I tests/cpp -o /tmp/test_pack && /tmp/test_pack
 #include <omp.h>
 
 #include <cstdint>
@@ -13,7 +13,6 @@
 #include <vector>
 
 #include "conv2d_blocked_pack.h"
-#include "isa_stub.h"
 
 using namespace cnnops;
 

@@ -1,12 +1,14 @@
-// cpu_isa_active() / cpu_isa_supported(), copied from kernels/cpu/conv2d_blocked.cpp so that the
-// standalone test and benchmark link without the rest of that file.
+// The CPU kernels' instruction-set variant, chosen at run time (conv2d_blocked.h). A file of its
+// own so that the standalone C++ tests (tests/cpp) link it without the kernels.
 #include <cstdlib>
 #include <cstring>
 
 #include "conv2d_blocked.h"
 
 namespace cnnops {
+
 CpuIsa cpu_isa_supported() {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
   static const CpuIsa best = [] {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
@@ -16,7 +18,11 @@ CpuIsa cpu_isa_supported() {
     return CpuIsa::kBaseline;
   }();
   return best;
+#else
+  return CpuIsa::kBaseline;
+#endif
 }
+
 CpuIsa cpu_isa_active() {
   const CpuIsa best = cpu_isa_supported();
   const char* env = std::getenv("CNNOPS_CPU_ISA");
@@ -27,4 +33,5 @@ CpuIsa cpu_isa_active() {
   else if (!std::strcmp(env, "avx512")) want = CpuIsa::kAvx512;
   return static_cast<int>(want) < static_cast<int>(best) ? want : best;
 }
+
 }  // namespace cnnops
