@@ -837,12 +837,12 @@ void conv2d_blocked_forward(const BlockedForward& f) {
   // Thin inputs stay planar (a block of 16 would be mostly empty).
   const bool one_by_one = s.KH == 1 && s.KW == 1 && sh == 1 && sw == 1 && s.pad_h == 0 &&
                           s.pad_w == 0;
-  // 1x1 stride 1 unpadded reads the input as it is (no copy: the copy costs as much as the
-  // 1x1 convolution itself with few output channels), unless its planes alias in L1 (see
-  // `chan`) or are smaller than a tile
-  // (thin output reads whole 16-pixel vectors: the plane must hold one)
   // thin output: the vector runs over pixels, read from a planar copy
   const bool thin = s.C_out < 16;
+  // `direct`: 1x1 stride 1 unpadded reads the input as it is (no copy: the copy costs as much
+  // as the 1x1 convolution itself with few output channels), unless its planes alias in L1
+  // (see `chan`) or are smaller than a tile (thin output reads whole 16-pixel vectors: the
+  // plane must hold one).
   // A planar (C_in < 16) stride-1 unpadded convolution reads the input as it is too: its phase
   // plane is the input plane (Hq = H, Wq = W). Tiles then run along rows only (a flat tile's
   // dropped columns would read up to (KW - 1) dw floats past the last image), so at least one
